@@ -1,0 +1,25 @@
+# Everything builds in one release profile, in a target directory outside the clone, so the
+# C++ of RocksDB and librdkafka is built once per machine and tests, demo and benches share it.
+CARGO_TARGET_DIR ?= $(HOME)/.cache/rekindle/target
+export CARGO_TARGET_DIR
+BIN := $(CARGO_TARGET_DIR)/release/rekindle
+
+.PHONY: setup build test demo fmt
+
+setup:
+	deploy/setup.sh
+
+build: setup
+	cargo build --release --locked --bin rekindle
+
+## The test command: unit, property and black-box tests against a real tansu broker.
+test: build
+	cargo fmt --all -- --check
+	cargo test --release --locked --workspace
+
+## The demo: local broker, live synthetic activity, the worker, triggers printed.
+demo: build
+	REKINDLE_BIN=$(BIN) deploy/demo.sh
+
+fmt:
+	cargo fmt --all

@@ -1,0 +1,116 @@
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::EventError;
+
+/// One thing a user did, as described by `schemas/activity_event.avsc`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ActivityEvent {
+    pub event_id: String,
+    pub user_id: String,
+    pub event_type: String,
+    /// Event time, milliseconds since the Unix epoch.
+    pub timestamp_ms: i64,
+    #[serde(default)]
+    pub session_seconds: i32,
+    #[serde(default)]
+    pub amount: f64,
+    #[serde(default)]
+    pub timezone: Option<String>,
+    #[serde(default)]
+    pub attributes: BTreeMap<String, String>,
+}
+
+/// How the pipeline treats an event type. Unknown product event types count as activity,
+/// so teams need not enumerate their event vocabulary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    Activity,
+    OptOut,
+    OptIn,
+    UserDeleted,
+}
+
+/// The longest user id accepted: ids are keys in state and on topics.
+const MAX_USER_ID_BYTES: usize = 256;
+
+impl ActivityEvent {
+    pub fn kind(&self) -> EventKind {
+        match self.event_type.as_str() {
+            "opt_out" => EventKind::OptOut,
+            "opt_in" => EventKind::OptIn,
+            "user_deleted" => EventKind::UserDeleted,
+            _ => EventKind::Activity,
+        }
+    }
+
+    /// Rejects events no rule could use. Checked after decoding, before any state is touched.
+    pub fn validate(&self) -> Result<(), EventError> {
+        if self.user_id.is_empty() {
+            return Err(EventError::Invalid("missing user_id"));
+        }
+        if self.user_id.len() > MAX_USER_ID_BYTES {
+            return Err(EventError::Invalid("user_id longer than 256 bytes"));
+        }
+        if self.timestamp_ms <= 0 {
+            return Err(EventError::Invalid(
+                "timestamp_ms is not after the Unix epoch",
+            ));
+        }
+        if self.session_seconds < 0 {
+            return Err(EventError::Invalid("negative session_seconds"));
+        }
+        if !self.amount.is_finite() {
+            return Err(EventError::Invalid("amount is not a finite number"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event() -> ActivityEvent {
+        ActivityEvent {
+            event_id: "e1".into(),
+            user_id: "u1".into(),
+            event_type: "app_open".into(),
+            timestamp_ms: 1_700_000_000_000,
+            session_seconds: 0,
+            amount: 0.0,
+            timezone: None,
+            attributes: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn unknown_event_types_are_activity() {
+        let mut e = event();
+        e.event_type = "level_completed".into();
+        assert_eq!(e.kind(), EventKind::Activity);
+        e.event_type = "opt_out".into();
+        assert_eq!(e.kind(), EventKind::OptOut);
+    }
+
+    #[test]
+    fn validation_rejects_what_rules_cannot_use() {
+        assert!(event().validate().is_ok());
+        let mut e = event();
+        e.user_id.clear();
+        assert_eq!(
+            e.validate().map_err(|e| e.to_string()),
+            Err("invalid event: missing user_id".into())
+        );
+        let mut e = event();
+        e.timestamp_ms = 0;
+        assert!(e.validate().is_err());
+        let mut e = event();
+        e.amount = f64::NAN;
+        assert!(e.validate().is_err());
+        let mut e = event();
+        e.session_seconds = -1;
+        assert!(e.validate().is_err());
+    }
+}

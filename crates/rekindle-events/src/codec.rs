@@ -1,0 +1,324 @@
+//! Avro on the wire, in the two framings producers use.
+//!
+//! * Confluent wire format: byte `0`, a 4-byte big-endian schema id, then the Avro datum.
+//! * A plain Avro datum with no framing.
+//!
+//! A plain datum can also start with byte `0` (an empty `event_id`), so a payload is read as
+//! Confluent-framed when that decodes cleanly, and as plain otherwise.
+
+use std::io::Cursor;
+use std::sync::OnceLock;
+
+use apache_avro::reader::datum::GenericDatumReader;
+use apache_avro::writer::datum::GenericDatumWriter;
+use apache_avro::Schema;
+
+use crate::{ActivityEvent, EventError, ReactivationTrigger};
+
+pub const ACTIVITY_SCHEMA_JSON: &str = include_str!("../../../schemas/activity_event.avsc");
+pub const TRIGGER_SCHEMA_JSON: &str = include_str!("../../../schemas/reactivation_trigger.avsc");
+
+const MAGIC_BYTE: u8 = 0;
+const FRAME_HEADER_LEN: usize = 5;
+/// Caps what a malformed length prefix can make the decoder allocate.
+const MAX_DECODE_ALLOCATION: usize = 16 * 1024 * 1024;
+
+static ACTIVITY_SCHEMA: OnceLock<Schema> = OnceLock::new();
+static TRIGGER_SCHEMA: OnceLock<Schema> = OnceLock::new();
+
+fn embedded(
+    cell: &'static OnceLock<Schema>,
+    name: &'static str,
+    json: &str,
+) -> Result<&'static Schema, EventError> {
+    if let Some(schema) = cell.get() {
+        return Ok(schema);
+    }
+    let schema = Schema::parse_str(json).map_err(|e| EventError::Schema {
+        name,
+        source: Box::new(e),
+    })?;
+    Ok(cell.get_or_init(|| schema))
+}
+
+/// Decodes activity events. Built once per worker; cheap to share by reference.
+pub struct EventDecoder {
+    reader: GenericDatumReader<'static>,
+    accepted_schema_ids: Vec<u32>,
+    max_payload_bytes: usize,
+}
+
+impl EventDecoder {
+    /// `accepted_schema_ids` empty means any schema id in a Confluent frame is accepted
+    /// (the datum must still match `activity_event.avsc`).
+    pub fn new(
+        accepted_schema_ids: Vec<u32>,
+        max_payload_bytes: usize,
+    ) -> Result<Self, EventError> {
+        let schema = embedded(&ACTIVITY_SCHEMA, "activity_event", ACTIVITY_SCHEMA_JSON)?;
+        apache_avro::util::max_allocation_bytes(MAX_DECODE_ALLOCATION);
+        let reader =
+            GenericDatumReader::builder(schema)
+                .build()
+                .map_err(|e| EventError::Schema {
+                    name: "activity_event",
+                    source: Box::new(e),
+                })?;
+        Ok(EventDecoder {
+            reader,
+            accepted_schema_ids,
+            max_payload_bytes,
+        })
+    }
+
+    pub fn decode(&self, payload: &[u8]) -> Result<ActivityEvent, EventError> {
+        decode_payload(
+            &self.reader,
+            &self.accepted_schema_ids,
+            self.max_payload_bytes,
+            payload,
+        )
+    }
+}
+
+/// Decodes triggers, framed or plain: for `rekindle tail` and delivery-side tooling.
+pub struct TriggerDecoder {
+    reader: GenericDatumReader<'static>,
+}
+
+impl TriggerDecoder {
+    pub fn new() -> Result<Self, EventError> {
+        let schema = embedded(&TRIGGER_SCHEMA, "reactivation_trigger", TRIGGER_SCHEMA_JSON)?;
+        let reader =
+            GenericDatumReader::builder(schema)
+                .build()
+                .map_err(|e| EventError::Schema {
+                    name: "reactivation_trigger",
+                    source: Box::new(e),
+                })?;
+        Ok(TriggerDecoder { reader })
+    }
+
+    pub fn decode(&self, payload: &[u8]) -> Result<ReactivationTrigger, EventError> {
+        decode_payload(&self.reader, &[], usize::MAX, payload)
+    }
+}
+
+fn decode_payload<T: serde::de::DeserializeOwned>(
+    reader: &GenericDatumReader<'static>,
+    accepted_schema_ids: &[u32],
+    max_payload_bytes: usize,
+    payload: &[u8],
+) -> Result<T, EventError> {
+    if payload.is_empty() {
+        return Err(EventError::Empty);
+    }
+    if payload.len() > max_payload_bytes {
+        return Err(EventError::Oversized {
+            len: payload.len(),
+            limit: max_payload_bytes,
+        });
+    }
+    if payload[0] == MAGIC_BYTE && payload.len() >= FRAME_HEADER_LEN {
+        let id = u32::from_be_bytes([payload[1], payload[2], payload[3], payload[4]]);
+        return match decode_datum(reader, &payload[FRAME_HEADER_LEN..]) {
+            Ok(_) if !accepted_schema_ids.is_empty() && !accepted_schema_ids.contains(&id) => {
+                Err(EventError::UnknownSchemaId(id))
+            }
+            Ok(value) => Ok(value),
+            Err(framed_error) => decode_datum(reader, payload).map_err(|_| framed_error),
+        };
+    }
+    decode_datum(reader, payload)
+}
+
+fn decode_datum<T: serde::de::DeserializeOwned>(
+    reader: &GenericDatumReader<'static>,
+    datum: &[u8],
+) -> Result<T, EventError> {
+    let mut cursor = Cursor::new(datum);
+    let value = reader
+        .read_value(&mut cursor)
+        .map_err(|e| EventError::Avro(e.to_string()))?;
+    let consumed = usize::try_from(cursor.position()).unwrap_or(usize::MAX);
+    if consumed < datum.len() {
+        return Err(EventError::TrailingBytes {
+            trailing: datum.len() - consumed,
+        });
+    }
+    apache_avro::from_value::<T>(&value).map_err(|e| EventError::Avro(e.to_string()))
+}
+
+/// Encodes triggers, Confluent-framed when a schema id is configured.
+pub struct TriggerEncoder {
+    schema: &'static Schema,
+    schema_id: Option<u32>,
+}
+
+impl TriggerEncoder {
+    pub fn new(schema_id: Option<u32>) -> Result<Self, EventError> {
+        let schema = embedded(&TRIGGER_SCHEMA, "reactivation_trigger", TRIGGER_SCHEMA_JSON)?;
+        Ok(TriggerEncoder { schema, schema_id })
+    }
+
+    pub fn encode(&self, trigger: &ReactivationTrigger) -> Result<Vec<u8>, EventError> {
+        let writer = GenericDatumWriter::builder(self.schema)
+            .build()
+            .map_err(|e| EventError::Encode(e.to_string()))?;
+        let datum = writer
+            .write_ser_to_vec(trigger)
+            .map_err(|e| EventError::Encode(e.to_string()))?;
+        Ok(match self.schema_id {
+            Some(id) => {
+                let mut framed = Vec::with_capacity(FRAME_HEADER_LEN + datum.len());
+                framed.push(MAGIC_BYTE);
+                framed.extend_from_slice(&id.to_be_bytes());
+                framed.extend_from_slice(&datum);
+                framed
+            }
+            None => datum,
+        })
+    }
+}
+
+/// Encodes an event as the activity schema describes it: used by `rekindle gen` and tests.
+pub fn encode_event(event: &ActivityEvent, schema_id: Option<u32>) -> Result<Vec<u8>, EventError> {
+    let schema = embedded(&ACTIVITY_SCHEMA, "activity_event", ACTIVITY_SCHEMA_JSON)?;
+    let writer = GenericDatumWriter::builder(schema)
+        .build()
+        .map_err(|e| EventError::Encode(e.to_string()))?;
+    let datum = writer
+        .write_ser_to_vec(event)
+        .map_err(|e| EventError::Encode(e.to_string()))?;
+    Ok(match schema_id {
+        Some(id) => {
+            let mut framed = vec![MAGIC_BYTE];
+            framed.extend_from_slice(&id.to_be_bytes());
+            framed.extend_from_slice(&datum);
+            framed
+        }
+        None => datum,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn event(event_id: &str) -> ActivityEvent {
+        ActivityEvent {
+            event_id: event_id.into(),
+            user_id: "user-7".into(),
+            event_type: "session_end".into(),
+            timestamp_ms: 1_700_000_123_456,
+            session_seconds: 321,
+            amount: 9.5,
+            timezone: Some("America/New_York".into()),
+            attributes: BTreeMap::from([("platform".to_string(), "ios".to_string())]),
+        }
+    }
+
+    fn decoder() -> EventDecoder {
+        EventDecoder::new(Vec::new(), 1 << 20).expect("embedded schema parses")
+    }
+
+    #[test]
+    fn round_trips_plain_and_framed() {
+        let d = decoder();
+        for framing in [None, Some(42)] {
+            let bytes = encode_event(&event("e1"), framing).expect("encodes");
+            assert_eq!(d.decode(&bytes).expect("decodes"), event("e1"));
+        }
+    }
+
+    #[test]
+    fn plain_datum_with_empty_event_id_is_not_mistaken_for_a_frame() {
+        let d = decoder();
+        let bytes = encode_event(&event(""), None).expect("encodes");
+        assert_eq!(bytes[0], 0);
+        assert_eq!(d.decode(&bytes).expect("decodes"), event(""));
+    }
+
+    #[test]
+    fn unaccepted_schema_id_is_an_error() {
+        let d = EventDecoder::new(vec![7], 1 << 20).expect("decoder");
+        let bytes = encode_event(&event("e"), Some(8)).expect("encodes");
+        assert!(matches!(
+            d.decode(&bytes),
+            Err(EventError::UnknownSchemaId(8))
+        ));
+        let bytes = encode_event(&event("e"), Some(7)).expect("encodes");
+        assert!(d.decode(&bytes).is_ok());
+    }
+
+    #[test]
+    fn malformed_payloads_are_error_values() {
+        let d = decoder();
+        assert!(matches!(d.decode(&[]), Err(EventError::Empty)));
+        assert!(matches!(
+            d.decode(&[0u8; 5000][..]).map_err(|e| e.kind()),
+            Err("avro")
+        ));
+        let mut bytes = encode_event(&event("e"), Some(1)).expect("encodes");
+        bytes.truncate(bytes.len() - 3);
+        assert!(d.decode(&bytes).is_err());
+        let mut bytes = encode_event(&event("e"), None).expect("encodes");
+        bytes.extend_from_slice(b"junk");
+        assert!(d.decode(&bytes).is_err());
+        let small = EventDecoder::new(Vec::new(), 8).expect("decoder");
+        assert!(matches!(
+            small.decode(&[1u8; 9]),
+            Err(EventError::Oversized { .. })
+        ));
+        // A string length prefix claiming gigabytes must not be honoured.
+        assert!(d.decode(&[0xfe, 0xff, 0xff, 0xff, 0x0f, 1, 2]).is_err());
+    }
+
+    #[test]
+    fn trigger_encodes_against_its_schema() {
+        let trigger = ReactivationTrigger {
+            trigger_id: "t".into(),
+            user_id: "u".into(),
+            rule_id: "lapsed_7d".into(),
+            fired_at_ms: 3,
+            due_at_ms: 2,
+            last_active_ms: 1,
+            lifecycle_stage: "at_risk".into(),
+            features: BTreeMap::from([("active_days".to_string(), 4.0)]),
+            schema_version: crate::TRIGGER_SCHEMA_VERSION,
+        };
+        let framed = TriggerEncoder::new(Some(9))
+            .expect("encoder")
+            .encode(&trigger)
+            .expect("encodes");
+        assert_eq!(&framed[..5], &[0, 0, 0, 0, 9]);
+        let schema = Schema::parse_str(TRIGGER_SCHEMA_JSON).expect("schema");
+        let reader = GenericDatumReader::builder(&schema)
+            .build()
+            .expect("reader");
+        let value = reader
+            .read_value(&mut Cursor::new(&framed[5..]))
+            .expect("datum");
+        let back: ReactivationTrigger = apache_avro::from_value(&value).expect("shape");
+        assert_eq!(back, trigger);
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decoder().decode(&bytes);
+        }
+
+        #[test]
+        fn corrupting_a_valid_record_never_panics(pos in 0usize..64, byte in any::<u8>()) {
+            let mut bytes = encode_event(&event("abc"), Some(3)).expect("encodes");
+            let pos = pos % bytes.len();
+            bytes[pos] = byte;
+            let _ = decoder().decode(&bytes);
+        }
+    }
+}

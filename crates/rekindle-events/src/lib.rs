@@ -1,0 +1,23 @@
+//! Records that cross rekindle's boundaries and their encodings.
+//!
+//! * [`ActivityEvent`]: what product apps emit, read from the activity topic (Avro) or from
+//!   replay files (JSON lines).
+//! * [`ReactivationTrigger`]: what rekindle emits to the delivery topic (Avro).
+//!
+//! The Avro schemas are the `.avsc` files in the repository's `schemas/` folder, embedded
+//! at compile time so the binary and the documents can never disagree.
+
+mod activity;
+mod codec;
+mod error;
+mod replay_line;
+mod trigger;
+
+pub use activity::{ActivityEvent, EventKind};
+pub use codec::{
+    encode_event, EventDecoder, TriggerDecoder, TriggerEncoder, ACTIVITY_SCHEMA_JSON,
+    TRIGGER_SCHEMA_JSON,
+};
+pub use error::EventError;
+pub use replay_line::ReplayLine;
+pub use trigger::{ReactivationTrigger, TRIGGER_SCHEMA_VERSION};

@@ -1,0 +1,23 @@
+//! Everything rekindle says to Kafka. No other crate depends on `rdkafka`.
+//!
+//! * [`Source`]: the activity topic, read in a consumer group, in batches; partitions start
+//!   at the offsets the state store holds (state is the source of truth).
+//! * [`Sink`]: an idempotent producer for triggers, whose batches are awaited until the
+//!   broker acknowledges every record.
+//! * [`ClockTicker`]: appends clock-tick records to the partitions this worker owns, so that
+//!   deadlines pass on idle partitions and the ticks are part of the log a replay reads.
+//! * [`admin`]: topic creation for the demo and tests.
+
+pub mod admin;
+mod client;
+mod error;
+mod sink;
+mod source;
+mod tick;
+
+pub use client::KafkaSettings;
+pub use error::KafkaError;
+pub use rdkafka::message::{BorrowedMessage, Message};
+pub use sink::Sink;
+pub use source::{source_record, Assignment, ResumeLookup, Source, SourceRecord};
+pub use tick::{tick_time, ClockTicker, TICK_HEADER};

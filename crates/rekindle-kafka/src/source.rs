@@ -1,0 +1,214 @@
+use std::collections::BTreeSet;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::ClientContext;
+use tokio::time::{timeout, Instant};
+use tracing::{error, info};
+
+use crate::tick::TICK_HEADER;
+use crate::{KafkaError, KafkaSettings};
+
+/// A change in the partitions this worker owns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Assignment {
+    Assigned(Vec<u32>),
+    Revoked(Vec<u32>),
+}
+
+/// Where a newly assigned partition resumes: the next offset its stored state has not seen.
+pub type ResumeLookup = Arc<dyn Fn(u32) -> Option<i64> + Send + Sync>;
+
+struct SourceContext {
+    topic: String,
+    resume: ResumeLookup,
+    owned: Arc<Mutex<BTreeSet<u32>>>,
+    changes: Mutex<mpsc::Sender<Assignment>>,
+}
+
+impl ClientContext for SourceContext {}
+
+impl SourceContext {
+    fn notify(&self, change: Assignment) {
+        if let Ok(sender) = self.changes.lock() {
+            // The receiver lives as long as the Source; a send can only fail during drop.
+            let _ = sender.send(change);
+        }
+    }
+
+    fn partitions(&self, tpl: &TopicPartitionList) -> Vec<u32> {
+        tpl.elements_for_topic(&self.topic)
+            .iter()
+            .filter_map(|e| u32::try_from(e.partition()).ok())
+            .collect()
+    }
+}
+
+impl ConsumerContext for SourceContext {
+    // Replaces the default so that assigned partitions start where the state store says,
+    // not where the group's committed offsets say: state is the source of truth.
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            rdkafka::consumer::RebalanceProtocol::Cooperative
+        );
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let partitions = self.partitions(tpl);
+                for p in &partitions {
+                    if let Some(next) = (self.resume)(*p) {
+                        if let Err(e) =
+                            tpl.set_partition_offset(&self.topic, *p as i32, Offset::Offset(next))
+                        {
+                            error!(partition = p, error = %e, "cannot set resume offset");
+                        }
+                    }
+                }
+                let result = if cooperative {
+                    consumer.incremental_assign(tpl)
+                } else {
+                    consumer.assign(tpl)
+                };
+                if let Err(e) = result {
+                    error!(error = %e, "partition assignment failed");
+                }
+                if let Ok(mut owned) = self.owned.lock() {
+                    owned.extend(partitions.iter().copied());
+                }
+                info!(?partitions, "partitions assigned");
+                self.notify(Assignment::Assigned(partitions));
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                let partitions = self.partitions(tpl);
+                if let Ok(mut owned) = self.owned.lock() {
+                    for p in &partitions {
+                        owned.remove(p);
+                    }
+                }
+                info!(?partitions, "partitions revoked");
+                self.notify(Assignment::Revoked(partitions));
+                let result = if cooperative {
+                    consumer.incremental_unassign(tpl)
+                } else {
+                    consumer.unassign()
+                };
+                if let Err(e) = result {
+                    error!(error = %e, "partition revocation failed");
+                }
+            }
+            other => error!(error = ?other, "rebalance error"),
+        }
+    }
+}
+
+/// One record of the activity topic, without rdkafka types.
+#[derive(Debug, Clone, Copy)]
+pub struct SourceRecord<'a> {
+    pub partition: u32,
+    pub offset: i64,
+    /// The Kafka record timestamp (create or log-append time).
+    pub timestamp_ms: Option<i64>,
+    pub payload: &'a [u8],
+    /// Set for clock-tick records.
+    pub is_tick: bool,
+}
+
+/// The activity topic, read in a consumer group.
+pub struct Source {
+    consumer: StreamConsumer<SourceContext>,
+    changes: mpsc::Receiver<Assignment>,
+    topic: String,
+}
+
+impl Source {
+    /// `owned` is kept equal to the set of partitions this worker owns, for the ticker.
+    pub fn new(
+        settings: &KafkaSettings,
+        group_id: &str,
+        topic: &str,
+        resume: ResumeLookup,
+        owned: Arc<Mutex<BTreeSet<u32>>>,
+    ) -> Result<Source, KafkaError> {
+        let (sender, changes) = mpsc::channel();
+        let context = SourceContext {
+            topic: topic.to_string(),
+            resume,
+            owned,
+            changes: Mutex::new(sender),
+        };
+        let consumer: StreamConsumer<SourceContext> = settings
+            .consumer_config(group_id)
+            .create_with_context(context)?;
+        consumer.subscribe(&[topic])?;
+        Ok(Source {
+            consumer,
+            changes,
+            topic: topic.to_string(),
+        })
+    }
+
+    /// Waits up to `idle_wait` for a first record, then collects more until `max_records`
+    /// or `max_wait` after the first. An empty batch means nothing arrived in `idle_wait`.
+    pub async fn next_batch(
+        &self,
+        max_records: usize,
+        max_wait: Duration,
+        idle_wait: Duration,
+    ) -> Result<Vec<BorrowedMessage<'_>>, KafkaError> {
+        let mut batch = Vec::new();
+        match timeout(idle_wait, self.consumer.recv()).await {
+            Err(_) => return Ok(batch),
+            Ok(first) => batch.push(first?),
+        }
+        let deadline = Instant::now() + max_wait;
+        while batch.len() < max_records {
+            match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
+                Err(_) => break,
+                Ok(message) => batch.push(message?),
+            }
+        }
+        Ok(batch)
+    }
+
+    /// Assignment changes since the last call, in order.
+    pub fn assignment_changes(&self) -> Vec<Assignment> {
+        self.changes.try_iter().collect()
+    }
+
+    /// Reports progress to the group. Asynchronous: state, not the group, is the truth.
+    pub fn commit_progress(&self, next_offsets: &[(u32, i64)]) -> Result<(), KafkaError> {
+        if next_offsets.is_empty() {
+            return Ok(());
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (partition, next) in next_offsets {
+            tpl.add_partition_offset(&self.topic, *partition as i32, Offset::Offset(*next))?;
+        }
+        self.consumer.commit(&tpl, CommitMode::Async)?;
+        Ok(())
+    }
+}
+
+/// Reads what the engine needs from a message.
+pub fn source_record<'a>(message: &'a BorrowedMessage<'_>) -> SourceRecord<'a> {
+    let is_tick = message
+        .headers()
+        .is_some_and(|headers| headers.iter().any(|h| h.key == TICK_HEADER));
+    SourceRecord {
+        partition: u32::try_from(message.partition()).unwrap_or(0),
+        offset: message.offset(),
+        timestamp_ms: message.timestamp().to_millis(),
+        payload: message.payload().unwrap_or(&[]),
+        is_tick,
+    }
+}

@@ -1,0 +1,235 @@
+use serde::{Deserialize, Serialize};
+
+use crate::Windows;
+
+/// Activity in one bucket (a UTC day by default). A bucket exists only if the user was active
+/// in it, so presence is the active flag.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Bucket {
+    pub index: i64,
+    pub events: u32,
+    pub session_seconds: u64,
+    pub amount: f64,
+}
+
+/// What the lapse rule remembers between evaluations.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LapseEpisode {
+    /// The `last_active_ms` of the episode whose trigger already fired, so that one episode
+    /// never fires twice, whatever replays or late events do.
+    pub fired_episode_ms: Option<i64>,
+}
+
+/// Everything rekindle keeps about one user.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct UserProfile {
+    /// Event time of the earliest activity seen; 0 when none.
+    pub first_active_ms: i64,
+    /// Event time of the latest activity seen: the start of the current episode; 0 when none.
+    pub last_active_ms: i64,
+    /// Active buckets, ascending by index, at most `retained` of them ending with the latest.
+    pub buckets: Vec<Bucket>,
+    pub lapse: LapseEpisode,
+    /// The time of this user's single entry in the timer index, if any. Kept here so the
+    /// entry can be found and removed without searching the index.
+    pub wake_at_ms: Option<i64>,
+}
+
+/// What recording one activity did to the profile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recorded {
+    /// The event is newer than any before it: a new episode starts and any pending lapse of
+    /// the previous one is void.
+    pub new_episode: bool,
+    /// The event fell before the retained buckets and only moved `first_active_ms`.
+    pub beyond_horizon: bool,
+}
+
+/// Sums over a range of buckets.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct BucketSums {
+    pub active_buckets: u32,
+    pub events: u64,
+    pub session_seconds: u64,
+    pub amount: f64,
+}
+
+impl UserProfile {
+    pub fn has_activity(&self) -> bool {
+        self.last_active_ms > 0
+    }
+
+    pub fn latest_bucket(&self) -> Option<i64> {
+        self.buckets.last().map(|b| b.index)
+    }
+
+    /// Adds one activity at event time `ts_ms`. Events may arrive out of order: a late event
+    /// still lands in its bucket as long as that bucket is within the retained horizon.
+    pub fn record_activity(
+        &mut self,
+        windows: &Windows,
+        ts_ms: i64,
+        session_seconds: u32,
+        amount: f64,
+    ) -> Recorded {
+        let new_episode = ts_ms > self.last_active_ms;
+        if !self.has_activity() || ts_ms < self.first_active_ms {
+            self.first_active_ms = ts_ms;
+        }
+        if new_episode {
+            self.last_active_ms = ts_ms;
+        }
+        let index = windows.bucket_of(ts_ms);
+        let latest = self.latest_bucket().map_or(index, |l| l.max(index));
+        let horizon = latest - windows.retained();
+        if index <= horizon {
+            return Recorded {
+                new_episode,
+                beyond_horizon: true,
+            };
+        }
+        let bucket = match self.buckets.binary_search_by_key(&index, |b| b.index) {
+            Ok(at) => &mut self.buckets[at],
+            Err(at) => {
+                self.buckets.insert(
+                    at,
+                    Bucket {
+                        index,
+                        ..Bucket::default()
+                    },
+                );
+                &mut self.buckets[at]
+            }
+        };
+        bucket.events = bucket.events.saturating_add(1);
+        bucket.session_seconds = bucket
+            .session_seconds
+            .saturating_add(u64::from(session_seconds));
+        bucket.amount += amount;
+        let keep_from = self.buckets.partition_point(|b| b.index <= horizon);
+        self.buckets.drain(..keep_from);
+        Recorded {
+            new_episode,
+            beyond_horizon: false,
+        }
+    }
+
+    /// Sums over the buckets with `from <= index <= to`.
+    pub fn sums_between(&self, from: i64, to: i64) -> BucketSums {
+        let start = self.buckets.partition_point(|b| b.index < from);
+        let mut sums = BucketSums::default();
+        for b in self.buckets[start..].iter().take_while(|b| b.index <= to) {
+            sums.active_buckets += 1;
+            sums.events += u64::from(b.events);
+            sums.session_seconds += b.session_seconds;
+            sums.amount += b.amount;
+        }
+        sums
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::WindowConfig;
+
+    fn daily() -> Windows {
+        Windows::new(&WindowConfig::default()).expect("default windows")
+    }
+
+    const DAY: i64 = crate::DAY_MS;
+    const T0: i64 = 1_700_000_000_000 - 1_700_000_000_000 % DAY;
+
+    #[test]
+    fn records_episodes_and_buckets() {
+        let w = daily();
+        let mut p = UserProfile::default();
+        assert!(p.record_activity(&w, T0 + 10, 60, 1.5).new_episode);
+        assert!(p.record_activity(&w, T0 + 20, 30, 0.0).new_episode);
+        let late = p.record_activity(&w, T0 + 5 - DAY, 0, 0.0);
+        assert!(!late.new_episode && !late.beyond_horizon);
+        assert_eq!(p.first_active_ms, T0 + 5 - DAY);
+        assert_eq!(p.last_active_ms, T0 + 20);
+        assert_eq!(p.buckets.len(), 2);
+        let today = w.bucket_of(T0);
+        assert_eq!(
+            p.sums_between(today, today),
+            BucketSums {
+                active_buckets: 1,
+                events: 2,
+                session_seconds: 90,
+                amount: 1.5
+            }
+        );
+    }
+
+    #[test]
+    fn keeps_only_the_retained_horizon() {
+        let w = daily();
+        let mut p = UserProfile::default();
+        p.record_activity(&w, T0, 0, 0.0);
+        p.record_activity(&w, T0 + 35 * DAY, 0, 0.0);
+        // day 0 is exactly 35 days before the latest: outside a 35-bucket horizon.
+        assert_eq!(p.buckets.len(), 1);
+        let old = p.record_activity(&w, T0 + DAY / 2, 0, 0.0);
+        assert!(old.beyond_horizon);
+        assert_eq!(p.first_active_ms, T0);
+        assert_eq!(p.buckets.len(), 1);
+    }
+
+    proptest! {
+        /// Whatever the order of events, buckets stay sorted, unique, within the horizon, and
+        /// agree with a recount of the events inside it.
+        #[test]
+        fn buckets_match_a_recount(offsets in proptest::collection::vec(0i64..(60 * 86_400_000), 1..80),
+                                   width_s in prop::sample::select(vec![1u64, 60, 3600, 86_400])) {
+            let w = Windows::new(&WindowConfig { bucket_width: Duration::from_secs(width_s), retained_buckets: 35 }).expect("valid");
+            let mut p = UserProfile::default();
+            for o in &offsets {
+                p.record_activity(&w, T0 + o, 1, 0.0);
+            }
+            let latest = offsets.iter().map(|o| w.bucket_of(T0 + o)).max().expect("non-empty");
+            prop_assert_eq!(p.latest_bucket(), Some(latest));
+            prop_assert!(p.buckets.windows(2).all(|pair| pair[0].index < pair[1].index));
+            prop_assert!(p.buckets.iter().all(|b| b.index > latest - 35));
+            // A recount can only be exact for buckets that were inside the horizon when their
+            // events arrived; counting never exceeds the recount.
+            let mut recount: BTreeMap<i64, u32> = BTreeMap::new();
+            for o in &offsets {
+                *recount.entry(w.bucket_of(T0 + o)).or_default() += 1;
+            }
+            for b in &p.buckets {
+                prop_assert!(b.events <= recount[&b.index]);
+            }
+            prop_assert_eq!(p.last_active_ms, T0 + offsets.iter().max().copied().unwrap_or(0));
+            prop_assert_eq!(p.first_active_ms, T0 + offsets.iter().min().copied().unwrap_or(0));
+        }
+
+        /// In time order, every event is inside the horizon when it arrives, so the recount
+        /// is exact.
+        #[test]
+        fn in_order_buckets_equal_a_recount(mut offsets in proptest::collection::vec(0i64..(60 * 86_400_000), 1..80)) {
+            offsets.sort_unstable();
+            let w = daily();
+            let mut p = UserProfile::default();
+            for o in &offsets {
+                p.record_activity(&w, T0 + o, 2, 0.5);
+            }
+            let latest = w.bucket_of(T0 + offsets[offsets.len() - 1]);
+            let mut recount: BTreeMap<i64, u32> = BTreeMap::new();
+            for o in &offsets {
+                let b = w.bucket_of(T0 + o);
+                if b > latest - 35 {
+                    *recount.entry(b).or_default() += 1;
+                }
+            }
+            let kept: BTreeMap<i64, u32> = p.buckets.iter().map(|b| (b.index, b.events)).collect();
+            prop_assert_eq!(kept, recount);
+        }
+    }
+}

@@ -1,0 +1,19 @@
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum StateError {
+    #[error("RocksDB: {0}")]
+    Rocks(#[from] rocksdb::Error),
+    #[error("column family {0} is missing")]
+    MissingColumnFamily(&'static str),
+    #[error("corrupt {what} value for partition {partition}: {reason}")]
+    Corrupt {
+        what: &'static str,
+        partition: u32,
+        reason: String,
+    },
+    #[error("state directory was written by format {found}, this build reads format {expected}")]
+    FormatVersion { found: u32, expected: u32 },
+    #[error("cannot encode {what}: {reason}")]
+    Encode { what: &'static str, reason: String },
+}

@@ -1,0 +1,191 @@
+use std::path::Path;
+use std::sync::Arc;
+
+use rekindle_rules::UserProfile;
+use rocksdb::{
+    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, Direction,
+    IteratorMode, Options, ReadOptions, DB,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::keys::{parse_timer_key, partition_prefix, profile_key, timer_seek};
+use crate::StateError;
+
+pub(crate) const CF_PROFILES: &str = "profiles";
+pub(crate) const CF_TIMERS: &str = "timers";
+pub(crate) const CF_META: &str = "meta";
+/// Bumped whenever a key or value layout changes incompatibly.
+const FORMAT_VERSION: u32 = 1;
+const FORMAT_KEY: &[u8] = b"format_version";
+
+/// Tuning that reaches RocksDB.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Shared LRU block cache for all column families.
+    pub block_cache_bytes: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            block_cache_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// Where a partition's processing stands, as durable as the state it describes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionMeta {
+    /// Offset of the next record to process: every record below it is reflected in state.
+    pub next_offset: i64,
+    /// The partition's pipeline clock: the largest event or tick time processed.
+    pub clock_ms: i64,
+}
+
+/// A worker's RocksDB database. Cheap to clone: clones share the handle.
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<DB>,
+}
+
+impl Store {
+    pub fn open(path: &Path, options: &StoreOptions) -> Result<Store, StateError> {
+        let cache = Cache::new_lru_cache(options.block_cache_bytes);
+        let mut table = BlockBasedOptions::default();
+        table.set_block_cache(&cache);
+        // Profiles and timers are read by point lookups and short seeks.
+        table.set_bloom_filter(10.0, false);
+        let mut cf_options = Options::default();
+        cf_options.set_block_based_table_factory(&table);
+        cf_options.set_compression_type(DBCompressionType::Lz4);
+        let cfs = [CF_PROFILES, CF_TIMERS, CF_META]
+            .into_iter()
+            .map(|name| ColumnFamilyDescriptor::new(name, cf_options.clone()));
+        let mut db_options = Options::default();
+        db_options.create_if_missing(true);
+        db_options.create_missing_column_families(true);
+        let db = DB::open_cf_descriptors(&db_options, path, cfs)?;
+        let store = Store { db: Arc::new(db) };
+        store.check_format()?;
+        Ok(store)
+    }
+
+    fn check_format(&self) -> Result<(), StateError> {
+        let meta = self.cf(CF_META)?;
+        match self.db.get_pinned_cf(meta, FORMAT_KEY)? {
+            Some(bytes) => {
+                let found = <[u8; 4]>::try_from(bytes.as_ref())
+                    .map(u32::from_be_bytes)
+                    .unwrap_or(0);
+                if found != FORMAT_VERSION {
+                    return Err(StateError::FormatVersion {
+                        found,
+                        expected: FORMAT_VERSION,
+                    });
+                }
+            }
+            None => self
+                .db
+                .put_cf(meta, FORMAT_KEY, FORMAT_VERSION.to_be_bytes())?,
+        }
+        Ok(())
+    }
+
+    pub(crate) fn db(&self) -> &DB {
+        &self.db
+    }
+
+    pub(crate) fn cf(&self, name: &'static str) -> Result<&ColumnFamily, StateError> {
+        self.db
+            .cf_handle(name)
+            .ok_or(StateError::MissingColumnFamily(name))
+    }
+
+    pub fn meta(&self, partition: u32) -> Result<Option<PartitionMeta>, StateError> {
+        let bytes = self
+            .db
+            .get_pinned_cf(self.cf(CF_META)?, partition_prefix(partition))?;
+        bytes
+            .map(|b| {
+                postcard::from_bytes(&b).map_err(|e| StateError::Corrupt {
+                    what: "partition meta",
+                    partition,
+                    reason: e.to_string(),
+                })
+            })
+            .transpose()
+    }
+
+    pub fn profile(
+        &self,
+        partition: u32,
+        user_id: &str,
+    ) -> Result<Option<UserProfile>, StateError> {
+        let bytes = self
+            .db
+            .get_pinned_cf(self.cf(CF_PROFILES)?, profile_key(partition, user_id))?;
+        bytes
+            .map(|b| {
+                postcard::from_bytes(&b).map_err(|e| StateError::Corrupt {
+                    what: "profile",
+                    partition,
+                    reason: e.to_string(),
+                })
+            })
+            .transpose()
+    }
+
+    /// Timers of `partition` with `from_ms <= due <= to_ms`, in due order.
+    pub fn timers_between(
+        &self,
+        partition: u32,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<(i64, String)>, StateError> {
+        let mut found = Vec::new();
+        for entry in self.timer_iter(partition, from_ms)? {
+            let (key, _) = entry?;
+            match parse_timer_key(&key) {
+                Some((p, due, user)) if p == partition && due <= to_ms => found.push((due, user)),
+                _ => break,
+            }
+        }
+        Ok(found)
+    }
+
+    /// The earliest timer of `partition` at or after `from_ms`.
+    pub fn next_timer(&self, partition: u32, from_ms: i64) -> Result<Option<i64>, StateError> {
+        if let Some(entry) = self.timer_iter(partition, from_ms)?.next() {
+            let (key, _) = entry?;
+            if let Some((p, due, _)) = parse_timer_key(&key) {
+                if p == partition {
+                    return Ok(Some(due));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    fn timer_iter(
+        &self,
+        partition: u32,
+        from_ms: i64,
+    ) -> Result<rocksdb::DBIteratorWithThreadMode<'_, DB>, StateError> {
+        let mut read = ReadOptions::default();
+        read.set_iterate_upper_bound(partition_prefix(partition.wrapping_add(1)).to_vec());
+        if partition == u32::MAX {
+            read = ReadOptions::default();
+        }
+        let seek = timer_seek(partition, from_ms);
+        Ok(self.db.iterator_cf_opt(
+            self.cf(CF_TIMERS)?,
+            read,
+            IteratorMode::From(&seek, Direction::Forward),
+        ))
+    }
+
+    /// Number of pending timers of `partition`; a full scan of its timers, for tests and tools.
+    pub fn count_timers(&self, partition: u32) -> Result<usize, StateError> {
+        Ok(self.timers_between(partition, i64::MIN, i64::MAX)?.len())
+    }
+}

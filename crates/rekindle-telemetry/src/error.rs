@@ -1,0 +1,11 @@
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum TelemetryError {
+    #[error("metric registration: {0}")]
+    Prometheus(#[from] prometheus::Error),
+    #[error("invalid log filter {filter:?}: {reason}")]
+    LogFilter { filter: String, reason: String },
+    #[error("logging already initialised")]
+    AlreadyInitialised,
+}

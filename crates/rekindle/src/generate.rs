@@ -1,0 +1,288 @@
+//! `rekindle gen`: synthetic activity with realistic shapes: daily habits of varying
+//! strength, a heavy tail of very active users, users joining over time, and cohorts that
+//! lapse (some of whom come back).
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use clap::Args;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rekindle_events::{encode_event, ActivityEvent};
+use rekindle_kafka::{admin, Sink};
+use tracing::info;
+
+use crate::settings::Settings;
+use crate::wiring;
+
+const TIMEZONES: [&str; 6] = [
+    "UTC",
+    "Europe/Berlin",
+    "America/New_York",
+    "America/Los_Angeles",
+    "Asia/Kolkata",
+    "Asia/Tokyo",
+];
+/// Records per produce batch when writing history to a topic.
+const PRODUCE_BATCH: usize = 10_000;
+
+#[derive(Args, Clone)]
+pub struct GenArgs {
+    /// Number of users.
+    #[arg(long, default_value_t = 1000)]
+    users: u32,
+    /// Days of history (or of simulated days in --live mode).
+    #[arg(long, default_value_t = 45)]
+    days: u32,
+    /// Random seed: the same seed and arguments give the same events.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Share of users who go silent at some point (a third of them come back later).
+    #[arg(long, default_value_t = 0.3)]
+    lapse_fraction: f64,
+    /// End of the history in ms since the epoch; now by default.
+    #[arg(long)]
+    end_ms: Option<i64>,
+    /// Write JSON lines (the replay format) to this file instead of producing to Kafka.
+    #[arg(long)]
+    output: Option<PathBuf>,
+    /// Topic to produce Avro records to; the configured activity topic by default.
+    #[arg(long)]
+    topic: Option<String>,
+    /// Frame Avro records in the Confluent wire format with this schema id.
+    #[arg(long)]
+    schema_id: Option<u32>,
+    /// Real-time mode: one simulated day every --day-length, events stamped with the wall
+    /// clock, for --days days.
+    #[arg(long)]
+    live: bool,
+    /// Length of a simulated day in --live mode.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    day_length: Duration,
+}
+
+/// One simulated user's habits.
+struct Persona {
+    user_id: String,
+    timezone: &'static str,
+    /// Probability of being active on a given day.
+    daily_probability: f64,
+    /// Preferred hour of day, as a fraction of the day.
+    preferred_time: f64,
+    /// Heavy-tailed: most users do one or two things a day, a few do dozens.
+    events_per_active_day: u32,
+    first_day: u32,
+    /// Silent from `lapse.0` (inclusive) to `lapse.1` (exclusive).
+    lapse: Option<(u32, u32)>,
+}
+
+impl Persona {
+    fn new(rng: &mut StdRng, index: u32, days: u32, lapse_fraction: f64) -> Persona {
+        let u: f64 = rng.random();
+        let tail: f64 = rng.random::<f64>().max(1e-9);
+        let events = (1.0 / tail).powf(1.0 / 1.5).floor().min(50.0) as u32;
+        let first_day = rng.random_range(0..(days * 3 / 5).max(1));
+        let lapse = if rng.random::<f64>() < lapse_fraction && first_day + 4 < days {
+            let start = rng.random_range(first_day + 3..days);
+            let end = if rng.random::<f64>() < 1.0 / 3.0 {
+                start + rng.random_range(3..20)
+            } else {
+                u32::MAX
+            };
+            Some((start, end))
+        } else {
+            None
+        };
+        Persona {
+            user_id: format!("user-{index:07}"),
+            timezone: TIMEZONES[rng.random_range(0..TIMEZONES.len())],
+            daily_probability: 0.15 + 0.8 * u,
+            preferred_time: rng.random(),
+            events_per_active_day: events.max(1),
+            first_day,
+            lapse,
+        }
+    }
+
+    fn active_on(&self, rng: &mut StdRng, day: u32) -> bool {
+        if day < self.first_day || self.lapse.is_some_and(|(s, e)| day >= s && day < e) {
+            return false;
+        }
+        day == self.first_day || rng.random::<f64>() < self.daily_probability
+    }
+
+    /// The user's events of one day that starts at `day_start_ms` and lasts `day_ms`.
+    fn events(
+        &self,
+        rng: &mut StdRng,
+        day_start_ms: i64,
+        day_ms: i64,
+        serial: &mut u64,
+    ) -> Vec<ActivityEvent> {
+        let n = rng.random_range(1..=self.events_per_active_day);
+        (0..n)
+            .map(|_| {
+                let jitter = rng.random_range(-0.08..0.08);
+                let at = (self.preferred_time + jitter).rem_euclid(1.0);
+                let timestamp_ms = day_start_ms + (at * day_ms as f64) as i64;
+                *serial += 1;
+                let roll: f64 = rng.random();
+                let (event_type, session_seconds, amount) = if roll < 0.03 {
+                    (
+                        "purchase",
+                        0,
+                        (rng.random_range(1.0..100.0_f64) * 100.0).round() / 100.0,
+                    )
+                } else if roll < 0.5 {
+                    ("session_end", rng.random_range(10..900), 0.0)
+                } else {
+                    ("app_open", 0, 0.0)
+                };
+                ActivityEvent {
+                    event_id: format!("evt-{serial:010}"),
+                    user_id: self.user_id.clone(),
+                    event_type: event_type.to_string(),
+                    timestamp_ms,
+                    session_seconds,
+                    amount,
+                    timezone: Some(self.timezone.to_string()),
+                    attributes: BTreeMap::new(),
+                }
+            })
+            .collect()
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+pub fn generate(settings: &Settings, args: &GenArgs) -> anyhow::Result<()> {
+    if !(0.0..=1.0).contains(&args.lapse_fraction) {
+        bail!("--lapse-fraction must be between 0 and 1");
+    }
+    if args.users == 0 || args.days == 0 {
+        bail!("--users and --days must be positive");
+    }
+    let mut rng = StdRng::seed_from_u64(args.seed);
+    let personas: Vec<Persona> = (0..args.users)
+        .map(|i| Persona::new(&mut rng, i, args.days, args.lapse_fraction))
+        .collect();
+    if args.live {
+        return wiring::runtime()?.block_on(live(settings, args, &personas, &mut rng));
+    }
+    let day_ms = rekindle_rules::DAY_MS;
+    let end = args.end_ms.unwrap_or_else(now_ms);
+    let start = end - i64::from(args.days) * day_ms;
+    let mut serial = 0u64;
+    let mut events = Vec::new();
+    for day in 0..args.days {
+        let day_start = start + i64::from(day) * day_ms;
+        for p in &personas {
+            if p.active_on(&mut rng, day) {
+                events.extend(p.events(&mut rng, day_start, day_ms, &mut serial));
+            }
+        }
+    }
+    events.retain(|e| e.timestamp_ms < end);
+    // Time order across users, so every partition's log is in time order too.
+    events.sort_by(|a, b| (a.timestamp_ms, &a.event_id).cmp(&(b.timestamp_ms, &b.event_id)));
+    match &args.output {
+        Some(path) => write_json_lines(path, &events),
+        None => wiring::runtime()?.block_on(produce(settings, args, &events)),
+    }
+}
+
+fn write_json_lines(path: &PathBuf, events: &[ActivityEvent]) -> anyhow::Result<()> {
+    let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let mut out = BufWriter::new(file);
+    for e in events {
+        serde_json::to_writer(&mut out, e)?;
+        out.write_all(b"\n")?;
+    }
+    out.flush()?;
+    info!(events = events.len(), path = %path.display(), "history written");
+    Ok(())
+}
+
+async fn produce(
+    settings: &Settings,
+    args: &GenArgs,
+    events: &[ActivityEvent],
+) -> anyhow::Result<()> {
+    let topic = args
+        .topic
+        .clone()
+        .unwrap_or_else(|| settings.kafka.activity_topic.clone());
+    let kafka = wiring::kafka_settings(settings);
+    if settings.kafka.create_topics {
+        admin::ensure_topics(&kafka, &[(&topic, settings.kafka.create_partitions)]).await?;
+    }
+    let sink = Sink::new(&kafka)?;
+    for chunk in events.chunks(PRODUCE_BATCH) {
+        send(&sink, &topic, chunk, args.schema_id).await?;
+    }
+    info!(events = events.len(), topic = %topic, "history produced");
+    Ok(())
+}
+
+async fn send(
+    sink: &Sink,
+    topic: &str,
+    events: &[ActivityEvent],
+    schema_id: Option<u32>,
+) -> anyhow::Result<()> {
+    let encoded = events
+        .iter()
+        .map(|e| Ok((e.user_id.as_str(), encode_event(e, schema_id)?)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    sink.send_all(topic, encoded.iter().map(|(k, v)| (*k, v.as_slice())))
+        .await?;
+    Ok(())
+}
+
+async fn live(
+    settings: &Settings,
+    args: &GenArgs,
+    personas: &[Persona],
+    rng: &mut StdRng,
+) -> anyhow::Result<()> {
+    let topic = args
+        .topic
+        .clone()
+        .unwrap_or_else(|| settings.kafka.activity_topic.clone());
+    let kafka = wiring::kafka_settings(settings);
+    if settings.kafka.create_topics {
+        admin::ensure_topics(&kafka, &[(&topic, settings.kafka.create_partitions)]).await?;
+    }
+    let sink = Sink::new(&kafka)?;
+    let day_ms = i64::try_from(args.day_length.as_millis())
+        .unwrap_or(1000)
+        .max(1);
+    let mut serial = 0u64;
+    let mut timer = tokio::time::interval(args.day_length);
+    for day in 0..args.days {
+        timer.tick().await;
+        let day_start = now_ms();
+        let mut events: Vec<ActivityEvent> = Vec::new();
+        for p in personas {
+            if p.active_on(rng, day) {
+                events.extend(p.events(rng, day_start, day_ms, &mut serial));
+            }
+        }
+        // Stamped within the day that starts now, never in the future.
+        let cap = now_ms();
+        for e in &mut events {
+            e.timestamp_ms = e.timestamp_ms.min(cap);
+        }
+        send(&sink, &topic, &events, args.schema_id).await?;
+        info!(day, events = events.len(), "live day produced");
+    }
+    Ok(())
+}

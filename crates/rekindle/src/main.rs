@@ -1,0 +1,59 @@
+//! The rekindle worker and its tools.
+
+mod generate;
+mod replay;
+mod run;
+mod settings;
+mod tail;
+mod wiring;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "rekindle",
+    version,
+    about = "Streaming lapse detection: Kafka activity in, reactivation triggers out."
+)]
+struct Cli {
+    /// TOML configuration layered over the built-in defaults (see defaults.toml).
+    #[arg(long, global = true, env = "REKINDLE_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the worker: consume activity, keep state, emit triggers.
+    Run,
+    /// Run the same engine over a JSON-lines file, with no broker; prints triggers as JSON.
+    Replay(replay::ReplayArgs),
+    /// Generate synthetic activity to a topic or a file.
+    Gen(generate::GenArgs),
+    /// Print records of the trigger topic as JSON lines.
+    Tail(tail::TailArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = (|| -> anyhow::Result<()> {
+        let settings = settings::Settings::load(cli.config.as_deref())?;
+        wiring::init_logging(&settings)?;
+        match cli.command {
+            Command::Run => wiring::runtime()?.block_on(run::run(settings)),
+            Command::Replay(args) => replay::replay(&settings, &args),
+            Command::Gen(args) => generate::generate(&settings, &args),
+            Command::Tail(args) => wiring::runtime()?.block_on(tail::tail(&settings, &args)),
+        }
+    })();
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("rekindle: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

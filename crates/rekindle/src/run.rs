@@ -1,0 +1,200 @@
+//! `rekindle run`: the worker.
+//!
+//! One batch at a time: read records, run them through the engine, send the triggers and
+//! wait for the broker to acknowledge them, then commit state and offsets to RocksDB, then
+//! report progress to the consumer group. A crash anywhere before the RocksDB commit replays
+//! the batch from stored offsets and re-sends its triggers under the same ids.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use rekindle_engine::{Record, RecordKind};
+use rekindle_events::{EventError, ReactivationTrigger, TriggerEncoder};
+use rekindle_kafka::{
+    admin, source_record, tick_time, Assignment, ClockTicker, ResumeLookup, Sink, Source,
+};
+use rekindle_telemetry::Metrics;
+use tokio::sync::watch;
+use tracing::{debug, info, info_span, Instrument};
+
+use crate::settings::Settings;
+use crate::wiring;
+
+/// How long the worker waits for a first record before checking for shutdown again.
+const IDLE_WAIT: Duration = Duration::from_millis(200);
+const PROGRESS_EVERY: Duration = Duration::from_secs(10);
+
+pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    let kafka = wiring::kafka_settings(&settings);
+    if settings.kafka.create_topics {
+        let partitions = settings.kafka.create_partitions;
+        admin::ensure_topics(
+            &kafka,
+            &[
+                (&settings.kafka.activity_topic, partitions),
+                (&settings.kafka.trigger_topic, partitions),
+            ],
+        )
+        .await
+        .context("creating topics")?;
+    }
+    let metrics = Metrics::new()?;
+    let store = wiring::open_store(&settings, &settings.state.dir)?;
+    let mut engine = wiring::engine(
+        &settings,
+        &settings.kafka.activity_topic,
+        store.clone(),
+        metrics.clone(),
+    )?;
+    let encoder = TriggerEncoder::new(settings.codec.trigger_schema_id)?;
+
+    let owned: Arc<Mutex<BTreeSet<u32>>> = Arc::default();
+    let resume_store = store.clone();
+    let resume: ResumeLookup = Arc::new(move |partition| {
+        resume_store
+            .meta(partition)
+            .ok()
+            .flatten()
+            .map(|m| m.next_offset)
+    });
+    let source = Source::new(
+        &kafka,
+        &settings.kafka.group_id,
+        &settings.kafka.activity_topic,
+        resume,
+        owned.clone(),
+    )?;
+    let sink = Sink::new(&kafka)?;
+
+    let (shutdown_tx, shutdown) = watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        info!("shutdown requested");
+        let _ = shutdown_tx.send(true);
+    });
+    let ticker = ClockTicker::new(
+        sink.producer(),
+        &settings.kafka.activity_topic,
+        owned.clone(),
+    );
+    let tick_metrics = metrics.clone();
+    let ticker_task = tokio::spawn(ticker.run(
+        settings.clock.tick_interval,
+        shutdown.clone(),
+        move || tick_metrics.clock_ticks_sent.inc(),
+    ));
+
+    info!(
+        brokers = %settings.kafka.brokers,
+        activity_topic = %settings.kafka.activity_topic,
+        trigger_topic = %settings.kafka.trigger_topic,
+        state_dir = %settings.state.dir.display(),
+        "worker started"
+    );
+    let mut last_progress = Instant::now();
+    let mut triggers: Vec<ReactivationTrigger> = Vec::new();
+    let mut payloads: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut batch_no: u64 = 0;
+    while !*shutdown.borrow() {
+        let batch = source
+            .next_batch(
+                settings.pipeline.batch_max_records,
+                settings.pipeline.batch_max_wait,
+                IDLE_WAIT,
+            )
+            .await?;
+        for change in source.assignment_changes() {
+            // Every batch is committed before the next read, so a revoked partition has
+            // nothing pending: closing it only drops its cached handle.
+            if let Assignment::Revoked(partitions) = change {
+                for p in partitions {
+                    engine.close_partition(p);
+                }
+            }
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        batch_no += 1;
+        let span = info_span!("batch", n = batch_no, records = batch.len());
+        async {
+            let owned_now = owned.lock().map(|o| o.clone()).unwrap_or_default();
+            triggers.clear();
+            for message in &batch {
+                let record = source_record(message);
+                if !owned_now.contains(&record.partition) {
+                    continue;
+                }
+                let kind = if record.is_tick {
+                    match tick_time(record.payload) {
+                        Some(time_ms) => RecordKind::Tick(time_ms),
+                        None => RecordKind::Unreadable(EventError::Invalid("clock tick payload is not 8 bytes")),
+                    }
+                } else {
+                    RecordKind::Avro { payload: record.payload, timestamp_ms: record.timestamp_ms }
+                };
+                engine.process(Record { partition: record.partition, offset: record.offset, kind }, &mut triggers)?;
+            }
+            payloads.clear();
+            for trigger in &triggers {
+                payloads.push((trigger.user_id.clone(), encoder.encode(trigger)?));
+                debug!(trigger_id = %trigger.trigger_id, user_id = %trigger.user_id, rule = %trigger.rule_id, "trigger fired");
+            }
+            let acked = sink
+                .send_all(&settings.kafka.trigger_topic, payloads.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
+                .instrument(info_span!("emit", triggers = payloads.len()))
+                .await?;
+            metrics.triggers_acked.inc_by(acked as u64);
+            engine.commit()?;
+            source.commit_progress(&engine.positions())?;
+            anyhow::Ok(())
+        }
+        .instrument(span)
+        .await?;
+        if last_progress.elapsed() >= PROGRESS_EVERY {
+            last_progress = Instant::now();
+            log_stats("progress", &engine);
+        }
+    }
+    ticker_task.abort();
+    log_stats("worker stopped", &engine);
+    Ok(())
+}
+
+fn log_stats(message: &str, engine: &rekindle_engine::Engine) {
+    let s = engine.stats();
+    info!(
+        records = s.records,
+        events = s.events,
+        malformed = s.malformed,
+        ticks = s.ticks,
+        skipped_replayed = s.skipped_replayed,
+        triggers = s.triggers,
+        "{message}"
+    );
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

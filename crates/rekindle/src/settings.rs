@@ -1,0 +1,222 @@
+//! Layered configuration: built-in defaults, then `--config FILE`, then `REKINDLE__*`
+//! environment variables. Unknown keys and invalid values are errors that name the key.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{anyhow, Context};
+use config::{Config, Environment, File, FileFormat};
+use rekindle_rules::{LapsedConfig, LapsedRule, WindowConfig, Windows};
+use serde::Deserialize;
+
+pub const DEFAULTS: &str = include_str!("defaults.toml");
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub kafka: KafkaConfig,
+    pub state: StateConfig,
+    pub clock: ClockConfig,
+    pub pipeline: PipelineConfig,
+    pub codec: CodecConfig,
+    pub rules: RulesConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    pub brokers: String,
+    pub group_id: String,
+    pub activity_topic: String,
+    pub trigger_topic: String,
+    pub create_topics: bool,
+    pub create_partitions: i32,
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+    #[serde(default)]
+    pub consumer: BTreeMap<String, String>,
+    #[serde(default)]
+    pub producer: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    pub dir: PathBuf,
+    #[serde(with = "humantime_serde")]
+    pub bucket_width: Duration,
+    pub retained_buckets: u32,
+    pub block_cache_bytes: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClockConfig {
+    #[serde(with = "humantime_serde")]
+    pub tick_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_future_skew: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    pub batch_max_records: usize,
+    #[serde(with = "humantime_serde")]
+    pub batch_max_wait: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CodecConfig {
+    #[serde(default)]
+    pub trigger_schema_id: Option<u32>,
+    #[serde(default)]
+    pub accepted_activity_schema_ids: Vec<u32>,
+    pub max_record_bytes: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RulesConfig {
+    pub lapsed_7d: LapsedConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    pub format: String,
+    pub level: String,
+}
+
+impl Settings {
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Settings> {
+        let mut builder = Config::builder().add_source(File::from_str(DEFAULTS, FileFormat::Toml));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(anyhow!("config file {} does not exist", path.display()));
+            }
+            builder = builder.add_source(File::from(path).format(FileFormat::Toml));
+        }
+        builder = builder.add_source(
+            Environment::with_prefix("REKINDLE")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true),
+        );
+        let layered = builder.build().context("reading configuration")?;
+        let settings: Settings = layered
+            .try_deserialize()
+            .map_err(|e| anyhow!("invalid configuration: {e}"))?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks that serde cannot express; every message names its key.
+    fn validate(&self) -> anyhow::Result<()> {
+        let fail = |key: &str, why: &str| Err(anyhow!("invalid configuration: {key}: {why}"));
+        if self.kafka.brokers.trim().is_empty() {
+            return fail("kafka.brokers", "must not be empty");
+        }
+        for (key, value) in [
+            ("kafka.group_id", &self.kafka.group_id),
+            ("kafka.activity_topic", &self.kafka.activity_topic),
+            ("kafka.trigger_topic", &self.kafka.trigger_topic),
+        ] {
+            if value.trim().is_empty() {
+                return fail(key, "must not be empty");
+            }
+        }
+        if self.kafka.create_partitions < 1 {
+            return fail("kafka.create_partitions", "must be at least 1");
+        }
+        if self.pipeline.batch_max_records == 0 {
+            return fail("pipeline.batch_max_records", "must be at least 1");
+        }
+        if self.clock.tick_interval < Duration::from_millis(10) {
+            return fail("clock.tick_interval", "must be at least 10ms");
+        }
+        if self.codec.max_record_bytes < 64 {
+            return fail("codec.max_record_bytes", "must be at least 64");
+        }
+        if self.log.format != "pretty" && self.log.format != "json" {
+            return fail("log.format", "must be \"pretty\" or \"json\"");
+        }
+        self.lapsed_rule()?;
+        Ok(())
+    }
+
+    pub fn windows(&self) -> anyhow::Result<Windows> {
+        let config = WindowConfig {
+            bucket_width: self.state.bucket_width,
+            retained_buckets: self.state.retained_buckets,
+        };
+        Windows::new(&config).map_err(|e| anyhow!("invalid configuration: {e}"))
+    }
+
+    pub fn lapsed_rule(&self) -> anyhow::Result<LapsedRule> {
+        LapsedRule::new("lapsed_7d", &self.rules.lapsed_7d, self.windows()?)
+            .map_err(|e| anyhow!("invalid configuration: {e}"))
+    }
+
+    pub fn max_future_skew_ms(&self) -> i64 {
+        i64::try_from(self.clock.max_future_skew.as_millis()).unwrap_or(i64::MAX)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn with_file(toml: &str) -> anyhow::Result<Settings> {
+        let mut file = tempfile::NamedTempFile::new()?;
+        file.write_all(toml.as_bytes())?;
+        Settings::load(Some(file.path()))
+    }
+
+    #[test]
+    fn defaults_load_and_validate() {
+        let s = Settings::load(None).expect("defaults are valid");
+        assert_eq!(s.rules.lapsed_7d.min_active_days, 3);
+        assert_eq!(
+            s.rules.lapsed_7d.inactive_for,
+            Duration::from_secs(7 * 86_400)
+        );
+        assert_eq!(s.state.retained_buckets, 35);
+    }
+
+    #[test]
+    fn file_overrides_defaults() {
+        let s = with_file("[rules.lapsed_7d]\ninactive_for = \"7s\"\nlookback = \"30s\"\nmin_active_days = 3\n[state]\nbucket_width = \"1s\"\n")
+            .expect("valid");
+        assert_eq!(s.rules.lapsed_7d.inactive_for, Duration::from_secs(7));
+        assert_eq!(s.kafka.group_id, "rekindle");
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_by_name() {
+        let err = with_file("[kafka]\nbrokerz = \"x\"\n").expect_err("unknown key");
+        assert!(err.to_string().contains("brokerz"), "{err}");
+        let err = with_file("[rulez]\n").expect_err("unknown section");
+        assert!(err.to_string().contains("rulez"), "{err}");
+    }
+
+    #[test]
+    fn invalid_values_are_rejected_by_key() {
+        let err = with_file("[rules.lapsed_7d]\ninactive_for = \"7 parsecs\"\n")
+            .expect_err("bad duration");
+        assert!(err.to_string().contains("inactive_for"), "{err}");
+        let err = with_file("[rules.lapsed_7d]\nlookback = \"90d\"\n").expect_err("too long");
+        assert!(
+            err.to_string().contains("rules.lapsed_7d.lookback"),
+            "{err}"
+        );
+        let err = with_file("[log]\nformat = \"xml\"\n").expect_err("bad format");
+        assert!(err.to_string().contains("log.format"), "{err}");
+        let err = with_file("[pipeline]\nbatch_max_records = -3\n").expect_err("negative");
+        assert!(err.to_string().contains("batch_max_records"), "{err}");
+    }
+}

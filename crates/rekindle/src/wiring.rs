@@ -1,0 +1,65 @@
+//! Builds the library pieces from settings: the one place that knows all of them.
+
+use anyhow::Context;
+use rekindle_engine::{Engine, EngineConfig, RuleSet};
+use rekindle_events::EventDecoder;
+use rekindle_kafka::KafkaSettings;
+use rekindle_state::{Store, StoreOptions};
+use rekindle_telemetry::{LogFormat, Metrics};
+
+use crate::settings::Settings;
+
+pub fn init_logging(settings: &Settings) -> anyhow::Result<()> {
+    let format = if settings.log.format == "json" {
+        LogFormat::Json
+    } else {
+        LogFormat::Pretty
+    };
+    rekindle_telemetry::init_logging(format, &settings.log.level)?;
+    Ok(())
+}
+
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+pub fn kafka_settings(settings: &Settings) -> KafkaSettings {
+    KafkaSettings {
+        brokers: settings.kafka.brokers.clone(),
+        common: settings.kafka.properties.clone(),
+        consumer: settings.kafka.consumer.clone(),
+        producer: settings.kafka.producer.clone(),
+    }
+}
+
+pub fn open_store(settings: &Settings, dir: &std::path::Path) -> anyhow::Result<Store> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("creating state directory {}", dir.display()))?;
+    let options = StoreOptions {
+        block_cache_bytes: settings.state.block_cache_bytes,
+    };
+    Store::open(dir, &options).with_context(|| format!("opening state in {}", dir.display()))
+}
+
+/// `source` names where records come from in logs: the activity topic, or a replay file.
+pub fn engine(
+    settings: &Settings,
+    source: &str,
+    store: Store,
+    metrics: Metrics,
+) -> anyhow::Result<Engine> {
+    let decoder = EventDecoder::new(
+        settings.codec.accepted_activity_schema_ids.clone(),
+        settings.codec.max_record_bytes,
+    )?;
+    let config = EngineConfig {
+        topic: source.to_string(),
+        rules: RuleSet::new(settings.windows()?, settings.lapsed_rule()?),
+        decoder,
+        max_future_skew_ms: settings.max_future_skew_ms(),
+    };
+    Ok(Engine::new(store, config, metrics))
+}

@@ -1,0 +1,1 @@
+//! Test and benchmark host; see tests/ and benches/.

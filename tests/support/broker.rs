@@ -1,0 +1,138 @@
+//! A tansu broker on a free loopback port, stopped when dropped.
+
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Broker {
+    child: Child,
+    pub address: String,
+    _dir: tempfile::TempDir,
+}
+
+fn tansu_binary() -> PathBuf {
+    if let Ok(path) = std::env::var("TANSU_BIN") {
+        return PathBuf::from(path);
+    }
+    if let Some(home) = std::env::var_os("HOME") {
+        let candidate = PathBuf::from(home).join(".cargo/bin/tansu");
+        if candidate.exists() {
+            return candidate;
+        }
+    }
+    PathBuf::from("tansu")
+}
+
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    listener.local_addr().expect("local address").port()
+}
+
+impl Broker {
+    pub fn start() -> Broker {
+        let port = free_port();
+        let address = format!("127.0.0.1:{port}");
+        // tansu reads a .env file from its working directory: give it an empty one.
+        let dir = tempfile::tempdir().expect("broker directory");
+        let log = std::fs::File::create(dir.path().join("tansu.log")).expect("broker log");
+        let child = Command::new(tansu_binary())
+            .args([
+                "broker",
+                "--listener-url",
+                &format!("tcp://{address}"),
+                "--advertised-listener-url",
+                &format!("tcp://{address}"),
+                "--storage-engine",
+                "memory://tansu/",
+            ])
+            .current_dir(dir.path())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("tansu must be installed (deploy/broker/tansu.sh install)");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(&address).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "tansu did not listen on {address}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Broker {
+            child,
+            address,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Creates a topic with the admin API (tansu does not create topics on produce).
+pub fn create_topic(brokers: &str, name: &str, partitions: i32) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::config::ClientConfig;
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("admin client");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let results = runtime
+        .block_on(admin.create_topics(
+            &[NewTopic::new(name, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+        ))
+        .expect("create topics");
+    for r in results {
+        r.expect("topic created");
+    }
+}
+
+/// Produces `(key, payload)` records and waits until the broker has all of them.
+pub fn produce(brokers: &str, topic: &str, records: &[(String, Vec<u8>)]) {
+    use rdkafka::config::ClientConfig;
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .create()
+        .expect("producer");
+    for (key, payload) in records {
+        let mut record = BaseRecord::to(topic)
+            .key(key.as_str())
+            .payload(payload.as_slice());
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((e, back)) => {
+                    assert!(
+                        matches!(
+                            e,
+                            rdkafka::error::KafkaError::MessageProduction(
+                                rdkafka::types::RDKafkaErrorCode::QueueFull
+                            )
+                        ),
+                        "produce failed: {e}"
+                    );
+                    record = back;
+                    producer.poll(Duration::from_millis(10));
+                }
+            }
+        }
+        producer.poll(Duration::ZERO);
+    }
+    producer
+        .flush(Duration::from_secs(60))
+        .expect("all records acknowledged");
+}

@@ -1,0 +1,249 @@
+//! The rekindle binary as a child process, and a reader of the trigger topic.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use apache_avro::Schema;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::Message;
+
+/// The `rekindle` binary built in the same profile as this test.
+pub fn rekindle_binary() -> PathBuf {
+    if let Ok(path) = std::env::var("REKINDLE_BIN") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>");
+    let bin = profile_dir.join("rekindle");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first (make test does)",
+        bin.display()
+    );
+    bin
+}
+
+/// A worker configuration for tests: short ticks, low fetch wait, JSON logs.
+pub fn write_config(
+    dir: &Path,
+    brokers: &str,
+    activity: &str,
+    triggers: &str,
+    group: &str,
+) -> PathBuf {
+    let path = dir.join("rekindle.toml");
+    let state = dir.join("state");
+    let toml = format!(
+        r#"
+[kafka]
+brokers = "{brokers}"
+group_id = "{group}"
+activity_topic = "{activity}"
+trigger_topic = "{triggers}"
+
+[kafka.consumer]
+"fetch.wait.max.ms" = "10"
+
+[state]
+dir = "{state}"
+
+[clock]
+tick_interval = "100ms"
+
+[pipeline]
+batch_max_records = 2000
+batch_max_wait = "20ms"
+
+[log]
+format = "json"
+level = "info"
+"#,
+        state = state.display()
+    );
+    std::fs::File::create(&path)
+        .and_then(|mut f| f.write_all(toml.as_bytes()))
+        .expect("write config");
+    path
+}
+
+pub struct Worker {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Worker {
+    pub fn start(config: &Path, log: &Path) -> Worker {
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("worker log");
+        let child = Command::new(rekindle_binary())
+            .args(["--config", config.to_str().expect("utf-8 path"), "run"])
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .expect("start rekindle run");
+        Worker {
+            child,
+            log: log.to_path_buf(),
+        }
+    }
+
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("worker did not stop within 30s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log(&self) -> PathBuf {
+        self.log.clone()
+    }
+}
+
+/// JSON log lines of a worker whose `message` equals `message`.
+pub fn log_lines(log: &Path, message: &str) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v.get("message").and_then(|m| m.as_str()) == Some(message))
+        .collect()
+}
+
+pub fn run_rekindle(args: &[&str]) -> Output {
+    Command::new(rekindle_binary())
+        .args(args)
+        .output()
+        .expect("run rekindle")
+}
+
+/// A decoded trigger, as read back with `schemas/reactivation_trigger.avsc` from disk.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delivered {
+    pub trigger_id: String,
+    pub user_id: String,
+    pub rule_id: String,
+    pub last_active_ms: i64,
+    pub due_at_ms: i64,
+    pub fired_at_ms: i64,
+    pub key: Option<String>,
+}
+
+pub fn trigger_schema() -> Schema {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/reactivation_trigger.avsc");
+    Schema::parse_str(&std::fs::read_to_string(path).expect("schema file")).expect("schema parses")
+}
+
+/// Decodes a trigger payload (plain datum) with the schema file, independently of rekindle.
+pub fn decode_trigger(schema: &Schema, payload: &[u8]) -> Delivered {
+    let reader = apache_avro::reader::datum::GenericDatumReader::builder(schema)
+        .build()
+        .expect("reader");
+    let mut cursor = std::io::Cursor::new(payload);
+    let value = reader
+        .read_value(&mut cursor)
+        .expect("trigger decodes with the .avsc");
+    assert_eq!(
+        cursor.position() as usize,
+        payload.len(),
+        "no bytes after the trigger datum"
+    );
+    let apache_avro::types::Value::Record(fields) = value else {
+        panic!("trigger is not a record")
+    };
+    let fields: BTreeMap<String, apache_avro::types::Value> = fields.into_iter().collect();
+    let string = |k: &str| match &fields[k] {
+        apache_avro::types::Value::String(s) => s.clone(),
+        other => panic!("{k} is {other:?}"),
+    };
+    let long = |k: &str| match &fields[k] {
+        apache_avro::types::Value::Long(v) | apache_avro::types::Value::TimestampMillis(v) => *v,
+        other => panic!("{k} is {other:?}"),
+    };
+    Delivered {
+        trigger_id: string("trigger_id"),
+        user_id: string("user_id"),
+        rule_id: string("rule_id"),
+        last_active_ms: long("last_active_ms"),
+        due_at_ms: long("due_at_ms"),
+        fired_at_ms: long("fired_at_ms"),
+        key: None,
+    }
+}
+
+/// Reads the trigger topic from the beginning.
+pub struct TriggerReader {
+    consumer: BaseConsumer,
+    schema: Schema,
+    pub delivered: Vec<Delivered>,
+}
+
+impl TriggerReader {
+    pub fn new(brokers: &str, topic: &str) -> TriggerReader {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("group.id", format!("test-reader-{}", std::process::id()))
+            .set("auto.offset.reset", "earliest")
+            .set("enable.auto.commit", "false")
+            .set("fetch.wait.max.ms", "10")
+            .create()
+            .expect("reader");
+        consumer.subscribe(&[topic]).expect("subscribe");
+        TriggerReader {
+            consumer,
+            schema: trigger_schema(),
+            delivered: Vec::new(),
+        }
+    }
+
+    /// Polls until `done` holds for what was read, or `timeout` passes.
+    pub fn read_until(&mut self, timeout: Duration, mut done: impl FnMut(&[Delivered]) -> bool) {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline && !done(&self.delivered) {
+            self.poll_once();
+        }
+    }
+
+    /// Polls for `period`, collecting whatever arrives.
+    pub fn read_for(&mut self, period: Duration) {
+        let deadline = Instant::now() + period;
+        while Instant::now() < deadline {
+            self.poll_once();
+        }
+    }
+
+    fn poll_once(&mut self) {
+        if let Some(result) = self.consumer.poll(Duration::from_millis(100)) {
+            let message = result.expect("trigger topic readable");
+            let mut d = decode_trigger(&self.schema, message.payload().expect("trigger payload"));
+            d.key = message
+                .key()
+                .map(|k| String::from_utf8_lossy(k).into_owned());
+            self.delivered.push(d);
+        }
+    }
+}
