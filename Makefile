@@ -10,7 +10,7 @@ setup:
 	deploy/setup.sh
 
 build: setup
-	cargo build --release --locked --bin rekindle
+	cargo build --release --locked -p rekindle
 
 ## The test command: unit, property and black-box tests against a real tansu broker.
 test: build

@@ -35,4 +35,4 @@ echo "demo: worker running (log: $work/worker.log)" >&2
 "$bin" --config "$config" gen --live --users 400 --days 120 --day-length 1s --seed 7 2>"$work/gen.log" &
 pids+=($!)
 echo "demo: generating live activity for 400 users; triggers follow (${seconds}s)" >&2
-"$bin" --config "$config" tail --duration "${seconds}s"
+RUST_LOG=warn "$bin" --config "$config" tail --duration "${seconds}s"

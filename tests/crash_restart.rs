@@ -6,7 +6,7 @@ mod support;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use support::broker::{create_topic, produce, Broker};
+use support::broker::{create_topic, produce, Batching, Broker};
 use support::histories::{avro_payloads, expected, scripted};
 use support::worker::{write_config, TriggerReader, Worker};
 use support::{now_ms, DAY};
@@ -19,9 +19,17 @@ fn killed_and_restarted_worker_loses_no_trigger() {
     let expected = expected(&events, now_ms());
     create_topic(&broker.address, "activity", 4);
     create_topic(&broker.address, "triggers", 2);
-    produce(&broker.address, "activity", &avro_payloads(&events));
+    produce(
+        &broker.address,
+        "activity",
+        &avro_payloads(&events),
+        Batching::OnePerBatch,
+    );
 
-    let dir = tempfile::tempdir().expect("temp dir");
+    let mut dir = tempfile::tempdir().expect("temp dir");
+    // REKINDLE_TEST_KEEP=1 keeps the worker's state and log for inspection.
+    dir.disable_cleanup(std::env::var_os("REKINDLE_TEST_KEEP").is_some());
+    eprintln!("worker directory: {}", dir.path().display());
     let config = write_config(
         dir.path(),
         &broker.address,

@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use rekindle_events::encode_event;
-use support::broker::{create_topic, produce, Broker};
+use support::broker::{create_topic, produce, Batching, Broker};
 use support::histories::{avro_payloads, expected, scripted, write_replay_file};
 use support::worker::{log_lines, run_rekindle, write_config, TriggerReader, Worker};
 use support::{now_ms, DAY};
@@ -56,7 +56,7 @@ fn live_run_emits_exactly_the_expected_triggers_and_matches_replay() {
     for (i, record) in bad.into_iter().enumerate() {
         records.insert(i * records.len() / 25, record);
     }
-    produce(&broker.address, "activity", &records);
+    produce(&broker.address, "activity", &records, Batching::Default);
 
     let dir = tempfile::tempdir().expect("temp dir");
     let config = write_config(

@@ -25,13 +25,21 @@ case "${1:-}" in
     bin=$(tansu_bin)
     [ -n "$bin" ] || { echo "tansu is not installed: run $0 install" >&2; exit 1; }
     mkdir -p "$dir"
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+      echo "port $port is already in use: stop what listens there or choose another port" >&2
+      exit 1
+    fi
     # tansu reads a .env file from its working directory: start it from a clean one.
-    (cd "$dir" && nohup "$bin" broker \
+    # The `&` applies to the tansu command alone, so $! is tansu's own pid.
+    (cd "$dir" || exit 1
+     nohup "$bin" broker \
         --listener-url "tcp://127.0.0.1:$port" \
         --advertised-listener-url "tcp://127.0.0.1:$port" \
         --storage-engine memory://tansu/ >"$dir/tansu.log" 2>&1 &
      echo $! >"$dir/tansu.pid")
+    pid=$(cat "$dir/tansu.pid")
     for _ in $(seq 1 200); do
+      kill -0 "$pid" 2>/dev/null || break
       if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then exit 0; fi
       sleep 0.1
     done
@@ -40,7 +48,12 @@ case "${1:-}" in
     ;;
   stop)
     dir=${2:?directory}
-    if [ -f "$dir/tansu.pid" ]; then kill "$(cat "$dir/tansu.pid")" 2>/dev/null || true; rm -f "$dir/tansu.pid"; fi
+    if [ -f "$dir/tansu.pid" ]; then
+      pid=$(cat "$dir/tansu.pid")
+      kill "$pid" 2>/dev/null || true
+      for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+      rm -f "$dir/tansu.pid"
+    fi
     ;;
   *)
     echo "usage: $0 install | start PORT DIR | stop DIR" >&2

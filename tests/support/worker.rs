@@ -50,6 +50,9 @@ trigger_topic = "{triggers}"
 
 [kafka.consumer]
 "fetch.wait.max.ms" = "10"
+# A killed worker's partitions move after this long instead of librdkafka's 45s.
+"session.timeout.ms" = "6000"
+"heartbeat.interval.ms" = "1000"
 
 [state]
 dir = "{state}"

@@ -3,7 +3,7 @@ use std::collections::HashMap;
 use rekindle_events::{ActivityEvent, EventDecoder, EventError, EventKind, ReactivationTrigger};
 use rekindle_state::{PartitionState, Store};
 use rekindle_telemetry::Metrics;
-use tracing::warn;
+use tracing::{debug, warn};
 
 use crate::{EngineError, Record, RecordKind, RuleSet};
 
@@ -131,6 +131,10 @@ impl Engine {
             self.metrics.records_skipped_replayed.inc();
             self.stats.skipped_replayed += 1;
             return Ok(());
+        }
+        if let Some(next) = resume.filter(|next| offset > *next) {
+            // Legitimate after compaction or transaction markers; otherwise a sign of loss.
+            debug!(topic = %self.config.topic, partition, expected = next, got = offset, "offset gap");
         }
         match kind {
             RecordKind::Tick(time_ms) => {

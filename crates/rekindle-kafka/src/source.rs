@@ -65,8 +65,11 @@ impl ConsumerContext for SourceContext {
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 let partitions = self.partitions(tpl);
+                let mut resume_at = Vec::with_capacity(partitions.len());
                 for p in &partitions {
-                    if let Some(next) = (self.resume)(*p) {
+                    let next = (self.resume)(*p);
+                    resume_at.push((*p, next));
+                    if let Some(next) = next {
                         if let Err(e) =
                             tpl.set_partition_offset(&self.topic, *p as i32, Offset::Offset(next))
                         {
@@ -85,7 +88,10 @@ impl ConsumerContext for SourceContext {
                 if let Ok(mut owned) = self.owned.lock() {
                     owned.extend(partitions.iter().copied());
                 }
-                info!(?partitions, "partitions assigned");
+                info!(
+                    ?resume_at,
+                    "partitions assigned (offsets from state; None: group offset)"
+                );
                 self.notify(Assignment::Assigned(partitions));
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {

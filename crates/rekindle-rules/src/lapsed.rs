@@ -5,7 +5,7 @@ use rekindle_events::{ReactivationTrigger, TRIGGER_SCHEMA_VERSION};
 use serde::Deserialize;
 
 use crate::error::invalid;
-use crate::{trigger_id, LifecycleStage, RulesError, UserProfile, Windows, DAY_MS};
+use crate::{trigger_id, LifecycleStage, RulesError, UserProfile, Windows};
 
 /// Configuration of the `lapsed` rule (`[rules.lapsed_7d]`).
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -133,8 +133,9 @@ impl LapsedRule {
             ),
             ("amount_lookback".to_string(), sums.amount),
             (
+                // In buckets, like the active days: days unless state.bucket_width differs.
                 "inactive_days".to_string(),
-                (now_ms - profile.last_active_ms) as f64 / DAY_MS as f64,
+                (now_ms - profile.last_active_ms) as f64 / self.windows.width_ms() as f64,
             ),
         ]);
         let stage = LifecycleStage::of(profile, now_ms, self.inactive_for_ms, self.lookback_ms);
@@ -157,7 +158,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::WindowConfig;
+    use crate::{WindowConfig, DAY_MS};
 
     const DAY: i64 = DAY_MS;
     /// 2023-11-14T00:00:00Z

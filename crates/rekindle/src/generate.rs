@@ -29,6 +29,8 @@ const TIMEZONES: [&str; 6] = [
 ];
 /// Records per produce batch when writing history to a topic.
 const PRODUCE_BATCH: usize = 10_000;
+/// A live simulated day is sent in this many slices, so events spread through the day.
+const LIVE_SLICES_PER_DAY: u32 = 10;
 
 #[derive(Args, Clone)]
 pub struct GenArgs {
@@ -266,23 +268,32 @@ async fn live(
         .unwrap_or(1000)
         .max(1);
     let mut serial = 0u64;
-    let mut timer = tokio::time::interval(args.day_length);
+    let mut timer = tokio::time::interval(args.day_length / LIVE_SLICES_PER_DAY);
+    let start = now_ms();
     for day in 0..args.days {
-        timer.tick().await;
-        let day_start = now_ms();
+        let day_start = start + i64::from(day) * day_ms;
         let mut events: Vec<ActivityEvent> = Vec::new();
         for p in personas {
             if p.active_on(rng, day) {
                 events.extend(p.events(rng, day_start, day_ms, &mut serial));
             }
         }
-        // Stamped within the day that starts now, never in the future.
-        let cap = now_ms();
-        for e in &mut events {
-            e.timestamp_ms = e.timestamp_ms.min(cap);
+        events.sort_by_key(|e| e.timestamp_ms);
+        let produced = events.len();
+        // Each event is sent once its moment of the simulated day has come, stamped "now".
+        let mut pending = events.into_iter().peekable();
+        for slice in 0..LIVE_SLICES_PER_DAY {
+            timer.tick().await;
+            let now = now_ms();
+            let last_slice = slice + 1 == LIVE_SLICES_PER_DAY;
+            let mut due: Vec<ActivityEvent> = Vec::new();
+            while let Some(mut e) = pending.next_if(|e| last_slice || e.timestamp_ms <= now) {
+                e.timestamp_ms = now;
+                due.push(e);
+            }
+            send(&sink, &topic, &due, args.schema_id).await?;
         }
-        send(&sink, &topic, &events, args.schema_id).await?;
-        info!(day, events = events.len(), "live day produced");
+        info!(day, events = produced, "live day produced");
     }
     Ok(())
 }

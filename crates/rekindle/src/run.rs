@@ -121,6 +121,16 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         let span = info_span!("batch", n = batch_no, records = batch.len());
         async {
             let owned_now = owned.lock().map(|o| o.clone()).unwrap_or_default();
+            if tracing::enabled!(tracing::Level::DEBUG) {
+                let mut ranges: std::collections::BTreeMap<u32, (i64, i64)> = Default::default();
+                for m in &batch {
+                    let r = source_record(m);
+                    let e = ranges.entry(r.partition).or_insert((r.offset, r.offset));
+                    e.0 = e.0.min(r.offset);
+                    e.1 = e.1.max(r.offset);
+                }
+                debug!(?ranges, "batch offsets");
+            }
             triggers.clear();
             for message in &batch {
                 let record = source_record(message);
