@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use support::broker::{create_topic, produce, Batching, Broker};
 use support::histories::{avro_payloads, expected, scripted};
-use support::worker::{write_config, TriggerReader, Worker};
+use support::worker::{write_config, TriggerReader, Worker, DEAD_LETTERS};
 use support::{now_ms, DAY};
 
 #[test]
@@ -19,6 +19,7 @@ fn killed_and_restarted_worker_loses_no_trigger() {
     let expected = expected(&events, now_ms());
     create_topic(&broker.address, "activity", 4);
     create_topic(&broker.address, "triggers", 2);
+    create_topic(&broker.address, DEAD_LETTERS, 1);
     produce(
         &broker.address,
         "activity",

@@ -13,7 +13,9 @@ use std::time::Duration;
 use rekindle_events::encode_event;
 use support::broker::{create_topic, produce, Batching, Broker};
 use support::histories::{avro_payloads, expected, scripted, write_replay_file};
-use support::worker::{log_lines, run_rekindle, write_config, TriggerReader, Worker};
+use support::worker::{
+    log_lines, read_topic, run_rekindle, write_config, TriggerReader, Worker, DEAD_LETTERS,
+};
 use support::{now_ms, DAY};
 
 fn malformed_records(
@@ -51,6 +53,7 @@ fn live_run_emits_exactly_the_expected_triggers_and_matches_replay() {
 
     create_topic(&broker.address, "activity", 4);
     create_topic(&broker.address, "triggers", 2);
+    create_topic(&broker.address, DEAD_LETTERS, 1);
     let mut records = avro_payloads(&events);
     let bad = malformed_records(25, &events[0]);
     for (i, record) in bad.into_iter().enumerate() {
@@ -104,6 +107,13 @@ fn live_run_emits_exactly_the_expected_triggers_and_matches_replay() {
     let stopped = log_lines(&log, "worker stopped");
     assert_eq!(stopped.len(), 1, "one clean stop logged");
     assert_eq!(stopped[0]["malformed"], 25, "{:?}", stopped[0]);
+    let dead = read_topic(
+        &broker.address,
+        DEAD_LETTERS,
+        Duration::from_secs(30),
+        |r| r.len() >= 25,
+    );
+    assert_eq!(dead.len(), 25, "every malformed record is dead-lettered");
     let warnings = log_lines(&log, "malformed record skipped");
     assert_eq!(warnings.len(), 25);
     for w in &warnings {

@@ -30,6 +30,9 @@ pub fn rekindle_binary() -> PathBuf {
     bin
 }
 
+/// The dead-letter topic of every test configuration.
+pub const DEAD_LETTERS: &str = "dead-letters";
+
 /// A worker configuration for tests: short ticks, low fetch wait, JSON logs.
 pub fn write_config(
     dir: &Path,
@@ -47,6 +50,7 @@ brokers = "{brokers}"
 group_id = "{group}"
 activity_topic = "{activity}"
 trigger_topic = "{triggers}"
+dead_letter_topic = "{DEAD_LETTERS}"
 
 [kafka.consumer]
 "fetch.wait.max.ms" = "10"
@@ -249,4 +253,64 @@ impl TriggerReader {
             self.delivered.push(d);
         }
     }
+}
+
+/// A record read back raw, headers included.
+#[derive(Debug, Clone)]
+pub struct RawRecord {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+    pub headers: BTreeMap<String, String>,
+}
+
+/// Reads `topic` from the beginning until `enough` holds or `timeout` passes.
+pub fn read_topic(
+    brokers: &str,
+    topic: &str,
+    timeout: Duration,
+    mut enough: impl FnMut(&[RawRecord]) -> bool,
+) -> Vec<RawRecord> {
+    use rdkafka::message::Headers;
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set(
+            "group.id",
+            format!("test-raw-{topic}-{}", std::process::id()),
+        )
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "10")
+        .create()
+        .expect("raw reader");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    let mut records = Vec::new();
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline && !enough(&records) {
+        if let Some(result) = consumer.poll(Duration::from_millis(100)) {
+            let m = result.expect("topic readable");
+            let headers = m
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|h| {
+                            (
+                                h.key.to_string(),
+                                String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            records.push(RawRecord {
+                partition: m.partition(),
+                offset: m.offset(),
+                key: m.key().map(<[u8]>::to_vec),
+                payload: m.payload().unwrap_or_default().to_vec(),
+                headers,
+            });
+        }
+    }
+    records
 }

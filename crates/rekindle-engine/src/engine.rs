@@ -7,6 +7,17 @@ use tracing::{debug, warn};
 
 use crate::{EngineError, Record, RecordKind, RuleSet};
 
+/// What became of one record.
+#[derive(Debug)]
+pub enum Disposition {
+    /// Applied to state (an event or a tick).
+    Applied,
+    /// Below the partition's stored offset: state already reflects it.
+    Skipped,
+    /// Unusable: counted and logged; the caller sends it to the dead-letter topic.
+    Rejected(EventError),
+}
+
 /// What the engine needs besides its store.
 pub struct EngineConfig {
     /// Named in logs so an operator can find a bad record.
@@ -115,7 +126,7 @@ impl Engine {
         &mut self,
         record: Record<'_>,
         out: &mut Vec<ReactivationTrigger>,
-    ) -> Result<(), EngineError> {
+    ) -> Result<Disposition, EngineError> {
         let Record {
             partition,
             offset,
@@ -130,42 +141,45 @@ impl Engine {
         if resume.is_some_and(|next| offset < next) {
             self.metrics.records_skipped_replayed.inc();
             self.stats.skipped_replayed += 1;
-            return Ok(());
+            return Ok(Disposition::Skipped);
         }
         if let Some(next) = resume.filter(|next| offset > *next) {
             // Legitimate after compaction or transaction markers; otherwise a sign of loss.
             debug!(topic = %self.config.topic, partition, expected = next, got = offset, "offset gap");
         }
-        match kind {
+        let disposition = match kind {
             RecordKind::Tick(time_ms) => {
                 self.metrics.clock_ticks_processed.inc();
                 self.stats.ticks += 1;
                 self.advance_clock(partition, time_ms, out)?;
+                Disposition::Applied
             }
             RecordKind::Avro {
                 payload,
                 timestamp_ms,
             } => match self.config.decoder.decode(payload) {
                 Ok(event) => self.apply(partition, offset, event, timestamp_ms, out)?,
-                Err(error) => self.malformed(partition, offset, &error),
+                Err(error) => self.malformed(partition, offset, error),
             },
             RecordKind::Event { event, ingest_ms } => {
                 self.apply(partition, offset, *event, ingest_ms, out)?
             }
-            RecordKind::Unreadable(error) => self.malformed(partition, offset, &error),
-        }
+            RecordKind::Unreadable(error) => self.malformed(partition, offset, error),
+        };
         self.partition(partition)?
             .set_next_offset(offset.saturating_add(1));
-        Ok(())
+        Ok(disposition)
     }
 
-    fn malformed(&mut self, partition: u32, offset: i64, error: &EventError) {
+    /// Counts and logs a record that cannot be used; the caller dead-letters it.
+    fn malformed(&mut self, partition: u32, offset: i64, error: EventError) -> Disposition {
         self.stats.malformed += 1;
         self.metrics
             .records_malformed
             .with_label_values(&[error.kind()])
             .inc();
         warn!(topic = %self.config.topic, partition, offset, error = %error, "malformed record skipped");
+        Disposition::Rejected(error)
     }
 
     fn apply(
@@ -175,10 +189,9 @@ impl Engine {
         event: ActivityEvent,
         ingest_ms: Option<i64>,
         out: &mut Vec<ReactivationTrigger>,
-    ) -> Result<(), EngineError> {
+    ) -> Result<Disposition, EngineError> {
         if let Err(error) = event.validate() {
-            self.malformed(partition, offset, &error);
-            return Ok(());
+            return Ok(self.malformed(partition, offset, error));
         }
         let clock_candidate = match ingest_ms {
             Some(ingest) => event
@@ -212,7 +225,7 @@ impl Engine {
             .with_label_values(&[self.label(partition)])
             .inc();
         self.stats.events += 1;
-        Ok(())
+        Ok(Disposition::Applied)
     }
 
     /// Moves the partition clock forward to `time_ms` (never back) and fires what is due.

@@ -18,7 +18,7 @@ mod error;
 mod record;
 mod rules;
 
-pub use engine::{Engine, EngineConfig, EngineStats};
+pub use engine::{Disposition, Engine, EngineConfig, EngineStats};
 pub use error::EngineError;
 pub use record::{Record, RecordKind};
 pub use rules::RuleSet;

@@ -34,6 +34,10 @@ pub enum EventKind {
 
 /// The longest user id accepted: ids are keys in state and on topics.
 const MAX_USER_ID_BYTES: usize = 256;
+/// 2000-01-01T00:00:00Z. Earlier event times are taken for unit mistakes (seconds, zero).
+const MIN_TIMESTAMP_MS: i64 = 946_684_800_000;
+/// 2100-01-01T00:00:00Z. Later ones are taken for unit mistakes (microseconds).
+const MAX_TIMESTAMP_MS: i64 = 4_102_444_800_000;
 
 impl ActivityEvent {
     pub fn kind(&self) -> EventKind {
@@ -53,9 +57,9 @@ impl ActivityEvent {
         if self.user_id.len() > MAX_USER_ID_BYTES {
             return Err(EventError::Invalid("user_id longer than 256 bytes"));
         }
-        if self.timestamp_ms <= 0 {
+        if !(MIN_TIMESTAMP_MS..MAX_TIMESTAMP_MS).contains(&self.timestamp_ms) {
             return Err(EventError::Invalid(
-                "timestamp_ms is not after the Unix epoch",
+                "timestamp_ms is not between 2000 and 2100",
             ));
         }
         if self.session_seconds < 0 {
@@ -103,9 +107,11 @@ mod tests {
             e.validate().map_err(|e| e.to_string()),
             Err("invalid event: missing user_id".into())
         );
-        let mut e = event();
-        e.timestamp_ms = 0;
-        assert!(e.validate().is_err());
+        for absurd in [0, 1_700_000_000, 1_700_000_000_000_000] {
+            let mut e = event();
+            e.timestamp_ms = absurd;
+            assert!(e.validate().is_err(), "{absurd}");
+        }
         let mut e = event();
         e.amount = f64::NAN;
         assert!(e.validate().is_err());

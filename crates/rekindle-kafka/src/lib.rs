@@ -18,6 +18,6 @@ mod tick;
 pub use client::KafkaSettings;
 pub use error::KafkaError;
 pub use rdkafka::message::{BorrowedMessage, Message};
-pub use sink::Sink;
+pub use sink::{Outgoing, Sink};
 pub use source::{source_record, Assignment, ResumeLookup, Source, SourceRecord};
 pub use tick::{tick_time, ClockTicker, TICK_HEADER};

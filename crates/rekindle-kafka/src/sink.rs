@@ -1,4 +1,5 @@
 use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 
 use crate::{KafkaError, KafkaSettings};
@@ -20,22 +21,34 @@ impl Sink {
         self.producer.clone()
     }
 
-    /// Sends `(key, payload)` records to `topic` and returns once the broker acknowledged
-    /// all of them, or with the first failure. librdkafka retries transient errors itself
-    /// (idempotently, so retries never duplicate or reorder).
+    /// Sends records and returns once the broker acknowledged all of them, or with the
+    /// first failure. librdkafka retries transient errors itself (idempotently, so retries
+    /// never duplicate or reorder).
     pub async fn send_all<'a>(
         &self,
-        topic: &str,
-        records: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+        records: impl IntoIterator<Item = Outgoing<'a>>,
     ) -> Result<usize, KafkaError> {
-        let mut pending: Vec<DeliveryFuture> = Vec::new();
+        let mut pending: Vec<(DeliveryFuture, &'a str)> = Vec::new();
         let mut acked = 0;
-        for (key, payload) in records {
+        for out in records {
             loop {
-                let record = FutureRecord::to(topic).key(key).payload(payload);
+                let mut record = FutureRecord::<[u8], [u8]>::to(out.topic).payload(out.payload);
+                if let Some(key) = out.key {
+                    record = record.key(key);
+                }
+                if !out.headers.is_empty() {
+                    let mut headers = OwnedHeaders::new_with_capacity(out.headers.len());
+                    for (key, value) in &out.headers {
+                        headers = headers.insert(Header {
+                            key,
+                            value: Some(value.as_bytes()),
+                        });
+                    }
+                    record = record.headers(headers);
+                }
                 match self.producer.send_result(record) {
                     Ok(delivery) => {
-                        pending.push(delivery);
+                        pending.push((delivery, out.topic));
                         break;
                     }
                     Err((
@@ -43,20 +56,29 @@ impl Sink {
                         _,
                     )) => {
                         // Backpressure: wait for what is in flight before enqueuing more.
-                        acked += await_all(topic, &mut pending).await?;
+                        acked += await_all(&mut pending).await?;
                     }
                     Err((e, _)) => return Err(e.into()),
                 }
             }
         }
-        acked += await_all(topic, &mut pending).await?;
+        acked += await_all(&mut pending).await?;
         Ok(acked)
     }
 }
 
-async fn await_all(topic: &str, pending: &mut Vec<DeliveryFuture>) -> Result<usize, KafkaError> {
+/// One record to send.
+#[derive(Debug, Clone)]
+pub struct Outgoing<'a> {
+    pub topic: &'a str,
+    pub key: Option<&'a [u8]>,
+    pub payload: &'a [u8],
+    pub headers: Vec<(&'static str, String)>,
+}
+
+async fn await_all(pending: &mut Vec<(DeliveryFuture, &str)>) -> Result<usize, KafkaError> {
     let n = pending.len();
-    for delivery in pending.drain(..) {
+    for (delivery, topic) in pending.drain(..) {
         match delivery.await {
             Ok(Ok(_)) => {}
             Ok(Err((e, _))) => {

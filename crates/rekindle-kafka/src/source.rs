@@ -124,6 +124,7 @@ pub struct SourceRecord<'a> {
     pub offset: i64,
     /// The Kafka record timestamp (create or log-append time).
     pub timestamp_ms: Option<i64>,
+    pub key: Option<&'a [u8]>,
     pub payload: &'a [u8],
     /// Set for clock-tick records.
     pub is_tick: bool,
@@ -214,6 +215,7 @@ pub fn source_record<'a>(message: &'a BorrowedMessage<'_>) -> SourceRecord<'a> {
         partition: u32::try_from(message.partition()).unwrap_or(0),
         offset: message.offset(),
         timestamp_ms: message.timestamp().to_millis(),
+        key: message.key(),
         payload: message.payload().unwrap_or(&[]),
         is_tick,
     }

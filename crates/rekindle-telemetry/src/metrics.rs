@@ -13,6 +13,8 @@ pub struct Metrics {
     pub events_processed: IntCounterVec,
     /// Records that could not be used, by error kind.
     pub records_malformed: IntCounterVec,
+    /// Records forwarded to the dead-letter topic, by error kind.
+    pub dead_letters: IntCounterVec,
     /// Records skipped because state already reflects them (redelivery after a restart).
     pub records_skipped_replayed: IntCounter,
     pub clock_ticks_processed: IntCounter,
@@ -60,6 +62,11 @@ impl Metrics {
             records_malformed: counter_vec(
                 "rekindle_ingest_records_malformed_total",
                 "Records that could not be decoded or failed validation, by error kind.",
+                &["error"],
+            )?,
+            dead_letters: counter_vec(
+                "rekindle_ingest_dead_letters_total",
+                "Records acknowledged on the dead-letter topic, by error kind.",
                 &["error"],
             )?,
             records_skipped_replayed: counter(

@@ -13,7 +13,7 @@ use clap::Args;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rekindle_events::{encode_event, ActivityEvent};
-use rekindle_kafka::{admin, Sink};
+use rekindle_kafka::{admin, Outgoing, Sink};
 use tracing::info;
 
 use crate::settings::Settings;
@@ -244,8 +244,13 @@ async fn send(
         .iter()
         .map(|e| Ok((e.user_id.as_str(), encode_event(e, schema_id)?)))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    sink.send_all(topic, encoded.iter().map(|(k, v)| (*k, v.as_slice())))
-        .await?;
+    sink.send_all(encoded.iter().map(|(key, payload)| Outgoing {
+        topic,
+        key: Some(key.as_bytes()),
+        payload,
+        headers: Vec::new(),
+    }))
+    .await?;
     Ok(())
 }
 

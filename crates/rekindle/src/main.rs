@@ -1,5 +1,6 @@
 //! The rekindle worker and its tools.
 
+mod dead_letter;
 mod generate;
 mod replay;
 mod run;

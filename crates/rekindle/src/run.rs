@@ -10,15 +10,17 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use rekindle_engine::{Record, RecordKind};
+use rekindle_engine::{Disposition, Record, RecordKind};
 use rekindle_events::{EventError, ReactivationTrigger, TriggerEncoder};
 use rekindle_kafka::{
-    admin, source_record, tick_time, Assignment, ClockTicker, ResumeLookup, Sink, Source,
+    admin, source_record, tick_time, Assignment, ClockTicker, Outgoing, ResumeLookup, Sink, Source,
+    SourceRecord,
 };
 use rekindle_telemetry::Metrics;
 use tokio::sync::watch;
 use tracing::{debug, info, info_span, Instrument};
 
+use crate::dead_letter::dead_letter;
 use crate::settings::Settings;
 use crate::wiring;
 
@@ -95,7 +97,6 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     );
     let mut last_progress = Instant::now();
     let mut triggers: Vec<ReactivationTrigger> = Vec::new();
-    let mut payloads: Vec<(String, Vec<u8>)> = Vec::new();
     let mut batch_no: u64 = 0;
     while !*shutdown.borrow() {
         let batch = source
@@ -132,6 +133,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
                 debug!(?ranges, "batch offsets");
             }
             triggers.clear();
+            let mut rejected: Vec<(SourceRecord<'_>, EventError)> = Vec::new();
             for message in &batch {
                 let record = source_record(message);
                 if !owned_now.contains(&record.partition) {
@@ -145,17 +147,37 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
                 } else {
                     RecordKind::Avro { payload: record.payload, timestamp_ms: record.timestamp_ms }
                 };
-                engine.process(Record { partition: record.partition, offset: record.offset, kind }, &mut triggers)?;
+                let disposition =
+                    engine.process(Record { partition: record.partition, offset: record.offset, kind }, &mut triggers)?;
+                if let Disposition::Rejected(error) = disposition {
+                    rejected.push((record, error));
+                }
             }
-            payloads.clear();
+            let mut encoded: Vec<Vec<u8>> = Vec::with_capacity(triggers.len());
             for trigger in &triggers {
-                payloads.push((trigger.user_id.clone(), encoder.encode(trigger)?));
+                encoded.push(encoder.encode(trigger)?);
                 debug!(trigger_id = %trigger.trigger_id, user_id = %trigger.user_id, rule = %trigger.rule_id, "trigger fired");
             }
+            let trigger_topic = settings.kafka.trigger_topic.as_str();
+            let outgoing = triggers.iter().zip(&encoded).map(|(t, payload)| Outgoing {
+                topic: trigger_topic,
+                key: Some(t.user_id.as_bytes()),
+                payload,
+                headers: Vec::new(),
+            });
+            let dead = rejected.iter().map(|(record, error)| {
+                dead_letter(&settings.kafka.dead_letter_topic, &settings.kafka.activity_topic, record, error)
+            });
+            // Dead letters and triggers are both acknowledged before the batch's state and
+            // offsets are committed: neither can be lost by a crash.
             let acked = sink
-                .send_all(&settings.kafka.trigger_topic, payloads.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
-                .instrument(info_span!("emit", triggers = payloads.len()))
+                .send_all(dead.chain(outgoing))
+                .instrument(info_span!("emit", triggers = triggers.len(), dead_letters = rejected.len()))
                 .await?;
+            for (_, error) in &rejected {
+                metrics.dead_letters.with_label_values(&[error.kind()]).inc();
+            }
+            let acked = acked - rejected.len();
             metrics.triggers_acked.inc_by(acked as u64);
             engine.commit()?;
             source.commit_progress(&engine.positions())?;

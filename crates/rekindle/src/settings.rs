@@ -31,6 +31,7 @@ pub struct KafkaConfig {
     pub group_id: String,
     pub activity_topic: String,
     pub trigger_topic: String,
+    pub dead_letter_topic: String,
     pub create_topics: bool,
     pub create_partitions: i32,
     #[serde(default)]
@@ -124,6 +125,7 @@ impl Settings {
             ("kafka.group_id", &self.kafka.group_id),
             ("kafka.activity_topic", &self.kafka.activity_topic),
             ("kafka.trigger_topic", &self.kafka.trigger_topic),
+            ("kafka.dead_letter_topic", &self.kafka.dead_letter_topic),
         ] {
             if value.trim().is_empty() {
                 return fail(key, "must not be empty");
