@@ -14,7 +14,8 @@ use rekindle_events::encode_event;
 use support::broker::{create_topic, produce, Batching, Broker};
 use support::histories::{avro_payloads, expected, scripted, write_replay_file};
 use support::worker::{
-    log_lines, read_topic, run_rekindle, write_config, TriggerReader, Worker, DEAD_LETTERS,
+    http_get, log_lines, read_topic, run_rekindle, write_config, TriggerReader, Worker,
+    DEAD_LETTERS,
 };
 use support::{now_ms, DAY};
 
@@ -74,6 +75,7 @@ fn live_run_emits_exactly_the_expected_triggers_and_matches_replay() {
     reader.read_until(Duration::from_secs(180), |d| d.len() >= expected.len());
     // Anything beyond the expected set would show up now.
     reader.read_for(Duration::from_secs(3));
+    check_http_endpoints(&config);
     let log = worker.log();
     let status = worker.stop();
     assert!(status.success(), "worker exited with {status}");
@@ -152,4 +154,51 @@ fn live_run_emits_exactly_the_expected_triggers_and_matches_replay() {
         replayed, live,
         "replay and the live run agree on trigger ids"
     );
+}
+
+/// Health endpoints answer, and every metric named in docs/instrumentation.md is exported.
+fn check_http_endpoints(config: &std::path::Path) {
+    assert_eq!(http_get(config, "/health/livez").0, 200);
+    let (status, body) = http_get(config, "/health/readyz");
+    assert_eq!(status, 200, "ready after processing: {body}");
+    let (status, exposition) = http_get(config, "/metrics");
+    assert_eq!(status, 200);
+    let doc = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/instrumentation.md"),
+    )
+    .expect("docs/instrumentation.md");
+    let documented: BTreeSet<&str> = doc
+        .split('`')
+        .filter(|w| {
+            w.starts_with("rekindle_") && w.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+        })
+        .collect();
+    assert!(
+        documented.len() >= 20,
+        "the instrumentation spec names its metrics"
+    );
+    let exported: BTreeSet<&str> = exposition
+        .lines()
+        .filter(|l| l.starts_with("# TYPE "))
+        .filter_map(|l| l.split_whitespace().nth(2))
+        .collect();
+    let missing: Vec<_> = documented.difference(&exported).collect();
+    assert!(
+        missing.is_empty(),
+        "documented but not exported: {missing:?}"
+    );
+    let undocumented: Vec<_> = exported.difference(&documented).collect();
+    assert!(
+        undocumented.is_empty(),
+        "exported but not documented: {undocumented:?}"
+    );
+    for line in exposition.lines().filter(|l| !l.starts_with('#')) {
+        let name = line.split(['{', ' ']).next().unwrap_or_default();
+        assert!(name.starts_with("rekindle_"), "unexpected series {line}");
+    }
+    assert!(
+        exposition.contains("rekindle_ingest_records_malformed_total{error=\"avro\"}"),
+        "{exposition}"
+    );
+    assert!(exposition.contains("rekindle_rules_triggers_fired_total{rule=\"lapsed_7d\"}"));
 }

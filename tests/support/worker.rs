@@ -57,6 +57,8 @@ dead_letter_topic = "{DEAD_LETTERS}"
 # A killed worker's partitions move after this long instead of librdkafka's 45s.
 "session.timeout.ms" = "6000"
 "heartbeat.interval.ms" = "1000"
+# Statistics (consumer lag) every second rather than every five, for short test runs.
+"statistics.interval.ms" = "1000"
 
 [state]
 dir = "{state}"
@@ -71,7 +73,11 @@ batch_max_wait = "20ms"
 [log]
 format = "json"
 level = "info"
+
+[http]
+listen = "127.0.0.1:{http_port}"
 "#,
+        http_port = crate::support::broker::free_port(),
         state = state.display()
     );
     std::fs::File::create(&path)
@@ -313,4 +319,33 @@ pub fn read_topic(
         }
     }
     records
+}
+
+/// `GET path` from the worker's HTTP listener (address read from its config): status and body.
+pub fn http_get(config: &Path, path: &str) -> (u16, String) {
+    use std::io::Read;
+    let toml = std::fs::read_to_string(config).expect("config");
+    let listen = toml
+        .lines()
+        .find_map(|l| l.strip_prefix("listen = "))
+        .map(|v| v.trim_matches('"').to_string())
+        .expect("http.listen in the test config");
+    let mut stream = std::net::TcpStream::connect(&listen).expect("worker HTTP listener");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {listen}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("request");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("response");
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status line");
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
 }

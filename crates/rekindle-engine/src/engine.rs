@@ -10,8 +10,8 @@ use crate::{EngineError, Record, RecordKind, RuleSet};
 /// What became of one record.
 #[derive(Debug)]
 pub enum Disposition {
-    /// Applied to state (an event or a tick).
-    Applied,
+    /// Applied to state: an event (with its event time) or a tick.
+    Applied { event_ms: Option<i64> },
     /// Below the partition's stored offset: state already reflects it.
     Skipped,
     /// Unusable: counted and logged; the caller sends it to the dead-letter topic.
@@ -135,7 +135,7 @@ impl Engine {
         let resume = self.partition(partition)?.resume_offset();
         self.metrics
             .records_received
-            .with_label_values(&[self.label(partition)])
+            .with_label_values(&[self.config.topic.as_str(), self.label(partition)])
             .inc();
         self.stats.records += 1;
         if resume.is_some_and(|next| offset < next) {
@@ -152,7 +152,7 @@ impl Engine {
                 self.metrics.clock_ticks_processed.inc();
                 self.stats.ticks += 1;
                 self.advance_clock(partition, time_ms, out)?;
-                Disposition::Applied
+                Disposition::Applied { event_ms: None }
             }
             RecordKind::Avro {
                 payload,
@@ -222,10 +222,12 @@ impl Engine {
         }
         self.metrics
             .events_processed
-            .with_label_values(&[self.label(partition)])
+            .with_label_values(&[self.config.topic.as_str(), self.label(partition)])
             .inc();
         self.stats.events += 1;
-        Ok(Disposition::Applied)
+        Ok(Disposition::Applied {
+            event_ms: Some(event.timestamp_ms),
+        })
     }
 
     /// Moves the partition clock forward to `time_ms` (never back) and fires what is due.
@@ -285,9 +287,9 @@ impl Engine {
             state.flush()?;
             if let Some(label) = self.partition_labels.get(partition) {
                 self.metrics
-                    .clock_ms
+                    .clock_time
                     .with_label_values(&[label.as_str()])
-                    .set(state.clock_ms());
+                    .set(state.clock_ms() as f64 / 1000.0);
             }
         }
         self.metrics.batches_committed.inc();

@@ -22,7 +22,9 @@ impl KafkaSettings {
             .set("group.id", group_id)
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
-            .set("enable.partition.eof", "false");
+            .set("enable.partition.eof", "false")
+            // Consumer lag and other figures come from librdkafka's statistics.
+            .set("statistics.interval.ms", "5000");
         apply(&mut config, &self.common);
         apply(&mut config, &self.consumer);
         config

@@ -19,5 +19,7 @@ pub use client::KafkaSettings;
 pub use error::KafkaError;
 pub use rdkafka::message::{BorrowedMessage, Message};
 pub use sink::{Outgoing, Sink};
-pub use source::{source_record, Assignment, ResumeLookup, Source, SourceRecord};
+pub use source::{
+    source_record, Assignment, NoObserver, ResumeLookup, Source, SourceObserver, SourceRecord,
+};
 pub use tick::{tick_time, ClockTicker, TICK_HEADER};

@@ -21,6 +21,12 @@ impl Sink {
         self.producer.clone()
     }
 
+    /// Records handed to the producer and not yet acknowledged (ticks included).
+    pub fn in_flight(&self) -> i32 {
+        use rdkafka::producer::Producer;
+        self.producer.in_flight_count()
+    }
+
     /// Sends records and returns once the broker acknowledged all of them, or with the
     /// first failure. librdkafka retries transient errors itself (idempotently, so retries
     /// never duplicate or reorder).

@@ -24,14 +24,51 @@ pub enum Assignment {
 /// Where a newly assigned partition resumes: the next offset its stored state has not seen.
 pub type ResumeLookup = Arc<dyn Fn(u32) -> Option<i64> + Send + Sync>;
 
+/// What the consumer tells the rest of the worker (metrics, readiness). Called from
+/// librdkafka's callbacks: implementations must be quick and must not block.
+pub trait SourceObserver: Send + Sync {
+    fn assigned(&self, _partitions: &[u32]) {}
+    fn revoked(&self, _partitions: &[u32]) {}
+    /// librdkafka reports that no broker can be reached.
+    fn all_brokers_down(&self) {}
+    /// From librdkafka's statistics: records between the high watermark and the committed
+    /// position of an owned partition.
+    fn lag(&self, _partition: u32, _records: i64) {}
+}
+
+/// An observer that ignores everything (tools that need no metrics).
+pub struct NoObserver;
+
+impl SourceObserver for NoObserver {}
+
 struct SourceContext {
     topic: String,
     resume: ResumeLookup,
     owned: Arc<Mutex<BTreeSet<u32>>>,
     changes: Mutex<mpsc::Sender<Assignment>>,
+    observer: Arc<dyn SourceObserver>,
 }
 
-impl ClientContext for SourceContext {}
+impl ClientContext for SourceContext {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::AllBrokersDown) {
+            self.observer.all_brokers_down();
+        }
+        error!(error = %error, reason, "librdkafka error");
+    }
+
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        if let Some(topic) = statistics.topics.get(&self.topic) {
+            for (partition, p) in &topic.partitions {
+                if let Ok(partition) = u32::try_from(*partition) {
+                    if p.consumer_lag >= 0 {
+                        self.observer.lag(partition, p.consumer_lag);
+                    }
+                }
+            }
+        }
+    }
+}
 
 impl SourceContext {
     fn notify(&self, change: Assignment) {
@@ -92,6 +129,7 @@ impl ConsumerContext for SourceContext {
                     ?resume_at,
                     "partitions assigned (offsets from state; None: group offset)"
                 );
+                self.observer.assigned(&partitions);
                 self.notify(Assignment::Assigned(partitions));
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
@@ -102,6 +140,7 @@ impl ConsumerContext for SourceContext {
                     }
                 }
                 info!(?partitions, "partitions revoked");
+                self.observer.revoked(&partitions);
                 self.notify(Assignment::Revoked(partitions));
                 let result = if cooperative {
                     consumer.incremental_unassign(tpl)
@@ -145,6 +184,7 @@ impl Source {
         topic: &str,
         resume: ResumeLookup,
         owned: Arc<Mutex<BTreeSet<u32>>>,
+        observer: Arc<dyn SourceObserver>,
     ) -> Result<Source, KafkaError> {
         let (sender, changes) = mpsc::channel();
         let context = SourceContext {
@@ -152,6 +192,7 @@ impl Source {
             resume,
             owned,
             changes: Mutex::new(sender),
+            observer,
         };
         let consumer: StreamConsumer<SourceContext> = settings
             .consumer_config(group_id)

@@ -19,4 +19,4 @@ mod store;
 
 pub use error::StateError;
 pub use partition::{DueTimer, PartitionState};
-pub use store::{PartitionMeta, Store, StoreOptions};
+pub use store::{PartitionMeta, Store, StoreOptions, StoreStats};

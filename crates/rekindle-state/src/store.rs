@@ -42,6 +42,15 @@ pub struct PartitionMeta {
     pub clock_ms: i64,
 }
 
+/// Size figures for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Live data in SST files plus memtables.
+    pub live_data_bytes: u64,
+    pub profiles_estimate: u64,
+    pub compaction_pending_bytes: u64,
+}
+
 /// A worker's RocksDB database. Cheap to clone: clones share the handle.
 #[derive(Clone)]
 pub struct Store {
@@ -182,6 +191,24 @@ impl Store {
             read,
             IteratorMode::From(&seek, Direction::Forward),
         ))
+    }
+
+    /// RocksDB's own estimates, cheap to read (no scan).
+    pub fn stats(&self) -> Result<StoreStats, StateError> {
+        let mut stats = StoreStats::default();
+        for name in [CF_PROFILES, CF_TIMERS, CF_META] {
+            let cf = self.cf(name)?;
+            let int = |property: &str| -> Result<u64, StateError> {
+                Ok(self.db.property_int_value_cf(cf, property)?.unwrap_or(0))
+            };
+            stats.live_data_bytes += int("rocksdb.estimate-live-data-size")?;
+            stats.live_data_bytes += int("rocksdb.cur-size-all-mem-tables")?;
+            stats.compaction_pending_bytes += int("rocksdb.estimate-pending-compaction-bytes")?;
+            if name == CF_PROFILES {
+                stats.profiles_estimate = int("rocksdb.estimate-num-keys")?;
+            }
+        }
+        Ok(stats)
     }
 
     /// Number of pending timers of `partition`; a full scan of its timers, for tests and tools.

@@ -6,6 +6,13 @@ pub enum TelemetryError {
     Prometheus(#[from] prometheus::Error),
     #[error("invalid log filter {filter:?}: {reason}")]
     LogFilter { filter: String, reason: String },
+    #[error("cannot listen on {addr}: {reason}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        reason: String,
+    },
+    #[error("HTTP server: {0}")]
+    Serve(String),
     #[error("logging already initialised")]
     AlreadyInitialised,
 }

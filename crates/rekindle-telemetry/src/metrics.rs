@@ -1,101 +1,199 @@
-use prometheus::{Encoder, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
+};
 
 use crate::TelemetryError;
 
-/// Every metric rekindle exports. Names follow `rekindle_<subsystem>_<name>_<unit>[_total]`;
-/// label values are bounded (partition numbers, rule ids, error kinds).
+/// Latency buckets in seconds: sub-second for live traffic, up to a week for backfills.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
+    21600.0, 86400.0, 604800.0,
+];
+
+/// Every metric rekindle exports, as specified in docs/instrumentation.md. Names follow
+/// `rekindle_<subsystem>_<name>_<unit>[_total]` in base units; label values are bounded
+/// (topic names, partition numbers, rule ids, error kinds).
 #[derive(Clone)]
 pub struct Metrics {
     registry: Registry,
-    /// Records read from the activity topic, ticks and malformed records included.
     pub records_received: IntCounterVec,
-    /// Activity events applied to state.
     pub events_processed: IntCounterVec,
-    /// Records that could not be used, by error kind.
     pub records_malformed: IntCounterVec,
-    /// Records forwarded to the dead-letter topic, by error kind.
     pub dead_letters: IntCounterVec,
-    /// Records skipped because state already reflects them (redelivery after a restart).
     pub records_skipped_replayed: IntCounter,
+    pub consumer_lag: IntGaugeVec,
+    pub assigned_partitions: IntGauge,
+    pub rebalances: IntCounterVec,
+    pub processing_latency: Histogram,
     pub clock_ticks_processed: IntCounter,
     pub clock_ticks_sent: IntCounter,
-    /// The pipeline clock per partition, in milliseconds since the epoch.
-    pub clock_ms: IntGaugeVec,
+    pub clock_time: GaugeVec,
+    pub clock_lag: GaugeVec,
     pub triggers_fired: IntCounterVec,
     pub triggers_acked: IntCounter,
+    pub trigger_latency: Histogram,
+    pub producer_in_flight: IntGauge,
+    pub producer_errors: IntCounter,
     pub batches_committed: IntCounter,
+    pub state_live_data: IntGauge,
+    pub state_users: IntGauge,
+    pub state_compaction_pending: IntGauge,
+}
+
+struct Builder {
+    registry: Registry,
+}
+
+impl Builder {
+    fn register<M: prometheus::core::Collector + Clone + 'static>(
+        &self,
+        metric: M,
+    ) -> Result<M, TelemetryError> {
+        self.registry.register(Box::new(metric.clone()))?;
+        Ok(metric)
+    }
+    fn counter(&self, name: &str, help: &str) -> Result<IntCounter, TelemetryError> {
+        self.register(IntCounter::new(name, help)?)
+    }
+    fn counter_vec(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+    ) -> Result<IntCounterVec, TelemetryError> {
+        self.register(IntCounterVec::new(Opts::new(name, help), labels)?)
+    }
+    fn gauge(&self, name: &str, help: &str) -> Result<IntGauge, TelemetryError> {
+        self.register(IntGauge::new(name, help)?)
+    }
+    fn gauge_vec(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+    ) -> Result<IntGaugeVec, TelemetryError> {
+        self.register(IntGaugeVec::new(Opts::new(name, help), labels)?)
+    }
+    fn float_gauge_vec(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+    ) -> Result<GaugeVec, TelemetryError> {
+        self.register(GaugeVec::new(Opts::new(name, help), labels)?)
+    }
+    fn histogram(&self, name: &str, help: &str) -> Result<Histogram, TelemetryError> {
+        self.register(Histogram::with_opts(
+            HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
+        )?)
+    }
 }
 
 impl Metrics {
     pub fn new() -> Result<Metrics, TelemetryError> {
-        let registry = Registry::new();
-        let counter_vec =
-            |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, TelemetryError> {
-                let c = IntCounterVec::new(Opts::new(name, help), labels)?;
-                registry.register(Box::new(c.clone()))?;
-                Ok(c)
-            };
-        let counter = |name: &str, help: &str| -> Result<IntCounter, TelemetryError> {
-            let c = IntCounter::new(name, help)?;
-            registry.register(Box::new(c.clone()))?;
-            Ok(c)
+        let b = Builder {
+            registry: Registry::new(),
         };
-        let clock_ms = IntGaugeVec::new(
-            Opts::new(
-                "rekindle_clock_pipeline_time_ms",
-                "Pipeline clock per partition, ms since the epoch.",
-            ),
-            &["partition"],
-        )?;
-        registry.register(Box::new(clock_ms.clone()))?;
         Ok(Metrics {
-            records_received: counter_vec(
+            records_received: b.counter_vec(
                 "rekindle_ingest_records_received_total",
-                "Records read from the activity topic.",
-                &["partition"],
+                "Records read from the activity topic, ticks and malformed records included.",
+                &["topic", "partition"],
             )?,
-            events_processed: counter_vec(
+            events_processed: b.counter_vec(
                 "rekindle_ingest_events_processed_total",
                 "Activity events applied to state.",
-                &["partition"],
+                &["topic", "partition"],
             )?,
-            records_malformed: counter_vec(
+            records_malformed: b.counter_vec(
                 "rekindle_ingest_records_malformed_total",
                 "Records that could not be decoded or failed validation, by error kind.",
                 &["error"],
             )?,
-            dead_letters: counter_vec(
+            dead_letters: b.counter_vec(
                 "rekindle_ingest_dead_letters_total",
                 "Records acknowledged on the dead-letter topic, by error kind.",
                 &["error"],
             )?,
-            records_skipped_replayed: counter(
+            records_skipped_replayed: b.counter(
                 "rekindle_ingest_records_skipped_replayed_total",
                 "Redelivered records skipped because state already reflects them.",
             )?,
-            clock_ticks_processed: counter(
+            consumer_lag: b.gauge_vec(
+                "rekindle_ingest_consumer_lag_records",
+                "Records between the partition's high watermark and the next offset to process.",
+                &["partition"],
+            )?,
+            assigned_partitions: b.gauge(
+                "rekindle_ingest_assigned_partitions",
+                "Activity partitions this worker owns.",
+            )?,
+            rebalances: b.counter_vec(
+                "rekindle_ingest_rebalances_total",
+                "Partition assignment changes, by kind (assign or revoke).",
+                &["kind"],
+            )?,
+            processing_latency: b.histogram(
+                "rekindle_pipeline_processing_latency_seconds",
+                "From an event's time to its processing (wall clock); backfills show as days.",
+            )?,
+            clock_ticks_processed: b.counter(
                 "rekindle_clock_ticks_processed_total",
                 "Clock-tick records read back from the activity topic.",
             )?,
-            clock_ticks_sent: counter(
+            clock_ticks_sent: b.counter(
                 "rekindle_clock_ticks_sent_total",
                 "Clock-tick records appended.",
             )?,
-            clock_ms,
-            triggers_fired: counter_vec(
+            clock_time: b.float_gauge_vec(
+                "rekindle_clock_pipeline_time_seconds",
+                "Pipeline clock per partition, seconds since the epoch.",
+                &["partition"],
+            )?,
+            clock_lag: b.float_gauge_vec(
+                "rekindle_clock_lag_seconds",
+                "Wall clock minus the partition's pipeline clock, at the last commit.",
+                &["partition"],
+            )?,
+            triggers_fired: b.counter_vec(
                 "rekindle_rules_triggers_fired_total",
                 "Triggers fired, by rule.",
                 &["rule"],
             )?,
-            triggers_acked: counter(
+            triggers_acked: b.counter(
                 "rekindle_emit_triggers_acked_total",
                 "Triggers acknowledged by the broker.",
             )?,
-            batches_committed: counter(
+            trigger_latency: b.histogram(
+                "rekindle_emit_trigger_latency_seconds",
+                "From a trigger's due time to its acknowledgement by the broker.",
+            )?,
+            producer_in_flight: b.gauge(
+                "rekindle_emit_producer_in_flight_records",
+                "Records handed to the producer and not yet acknowledged, at the last batch.",
+            )?,
+            producer_errors: b.counter(
+                "rekindle_emit_producer_errors_total",
+                "Sends that failed after librdkafka's own retries (the worker then stops).",
+            )?,
+            batches_committed: b.counter(
                 "rekindle_state_batches_committed_total",
                 "Batches whose state and offsets were committed to RocksDB.",
             )?,
-            registry,
+            state_live_data: b.gauge(
+                "rekindle_state_live_data_bytes",
+                "RocksDB's estimate of live data in the state store.",
+            )?,
+            state_users: b.gauge(
+                "rekindle_state_users",
+                "RocksDB's estimate of the number of user profiles held.",
+            )?,
+            state_compaction_pending: b.gauge(
+                "rekindle_state_compaction_pending_bytes",
+                "RocksDB's estimate of bytes compaction still has to rewrite.",
+            )?,
+            registry: b.registry,
         })
     }
 
@@ -117,6 +215,7 @@ mod tests {
         let m = Metrics::new().expect("metrics");
         m.records_malformed.with_label_values(&["avro"]).inc_by(3);
         m.triggers_fired.with_label_values(&["lapsed_7d"]).inc();
+        m.trigger_latency.observe(0.2);
         let text = m.render();
         assert!(
             text.contains("rekindle_ingest_records_malformed_total{error=\"avro\"} 3"),
@@ -124,6 +223,10 @@ mod tests {
         );
         assert!(
             text.contains("rekindle_rules_triggers_fired_total{rule=\"lapsed_7d\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("rekindle_emit_trigger_latency_seconds_bucket{le=\"0.25\"} 1"),
             "{text}"
         );
     }

@@ -2,6 +2,7 @@
 
 mod dead_letter;
 mod generate;
+mod observe;
 mod replay;
 mod run;
 mod settings;

@@ -16,11 +16,14 @@ use rekindle_kafka::{
     admin, source_record, tick_time, Assignment, ClockTicker, Outgoing, ResumeLookup, Sink, Source,
     SourceRecord,
 };
-use rekindle_telemetry::Metrics;
+use rekindle_telemetry::{Health, Metrics};
 use tokio::sync::watch;
 use tracing::{debug, info, info_span, Instrument};
 
 use crate::dead_letter::dead_letter;
+use crate::observe::{
+    record_clock_lag, record_store_stats, seconds_between, wall_ms, WorkerObserver,
+};
 use crate::settings::Settings;
 use crate::wiring;
 
@@ -37,12 +40,15 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             &[
                 (&settings.kafka.activity_topic, partitions),
                 (&settings.kafka.trigger_topic, partitions),
+                (&settings.kafka.dead_letter_topic, partitions),
             ],
         )
         .await
         .context("creating topics")?;
     }
     let metrics = Metrics::new()?;
+    let health = Arc::new(Health::default());
+    let listener = rekindle_telemetry::bind(settings.http.listen).await?;
     let store = wiring::open_store(&settings, &settings.state.dir)?;
     let mut engine = wiring::engine(
         &settings,
@@ -67,6 +73,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         &settings.kafka.activity_topic,
         resume,
         owned.clone(),
+        Arc::new(WorkerObserver {
+            metrics: metrics.clone(),
+            health: health.clone(),
+        }),
     )?;
     let sink = Sink::new(&kafka)?;
 
@@ -76,6 +86,12 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         info!("shutdown requested");
         let _ = shutdown_tx.send(true);
     });
+    let http = tokio::spawn(rekindle_telemetry::serve(
+        listener,
+        metrics.clone(),
+        health.clone(),
+        shutdown.clone(),
+    ));
     let ticker = ClockTicker::new(
         sink.producer(),
         &settings.kafka.activity_topic,
@@ -93,6 +109,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         activity_topic = %settings.kafka.activity_topic,
         trigger_topic = %settings.kafka.trigger_topic,
         state_dir = %settings.state.dir.display(),
+        http = %settings.http.listen,
         "worker started"
     );
     let mut last_progress = Instant::now();
@@ -116,12 +133,19 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             }
         }
         if batch.is_empty() {
+            if last_progress.elapsed() >= PROGRESS_EVERY {
+                last_progress = Instant::now();
+                record_store_stats(&metrics, &engine);
+                record_clock_lag(&metrics, &engine, wall_ms());
+            }
             continue;
         }
         batch_no += 1;
         let span = info_span!("batch", n = batch_no, records = batch.len());
         async {
             let owned_now = owned.lock().map(|o| o.clone()).unwrap_or_default();
+            let fetched_at = wall_ms();
+            health.set_broker_reachable();
             if tracing::enabled!(tracing::Level::DEBUG) {
                 let mut ranges: std::collections::BTreeMap<u32, (i64, i64)> = Default::default();
                 for m in &batch {
@@ -149,8 +173,12 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
                 };
                 let disposition =
                     engine.process(Record { partition: record.partition, offset: record.offset, kind }, &mut triggers)?;
-                if let Disposition::Rejected(error) = disposition {
-                    rejected.push((record, error));
+                match disposition {
+                    Disposition::Rejected(error) => rejected.push((record, error)),
+                    Disposition::Applied { event_ms: Some(event_ms) } => {
+                        metrics.processing_latency.observe(seconds_between(event_ms, fetched_at))
+                    }
+                    Disposition::Applied { event_ms: None } | Disposition::Skipped => {}
                 }
             }
             let mut encoded: Vec<Vec<u8>> = Vec::with_capacity(triggers.len());
@@ -170,10 +198,21 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             });
             // Dead letters and triggers are both acknowledged before the batch's state and
             // offsets are committed: neither can be lost by a crash.
-            let acked = sink
+            let sent = sink
                 .send_all(dead.chain(outgoing))
                 .instrument(info_span!("emit", triggers = triggers.len(), dead_letters = rejected.len()))
-                .await?;
+                .await;
+            let acked = match sent {
+                Ok(acked) => acked,
+                Err(e) => {
+                    metrics.producer_errors.inc();
+                    return Err(e.into());
+                }
+            };
+            let acked_at = wall_ms();
+            for trigger in &triggers {
+                metrics.trigger_latency.observe(seconds_between(trigger.due_at_ms, acked_at));
+            }
             for (_, error) in &rejected {
                 metrics.dead_letters.with_label_values(&[error.kind()]).inc();
             }
@@ -181,6 +220,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             metrics.triggers_acked.inc_by(acked as u64);
             engine.commit()?;
             source.commit_progress(&engine.positions())?;
+            record_clock_lag(&metrics, &engine, acked_at);
             anyhow::Ok(())
         }
         .instrument(span)
@@ -188,9 +228,12 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         if last_progress.elapsed() >= PROGRESS_EVERY {
             last_progress = Instant::now();
             log_stats("progress", &engine);
+            record_store_stats(&metrics, &engine);
+            metrics.producer_in_flight.set(i64::from(sink.in_flight()));
         }
     }
     ticker_task.abort();
+    http.abort();
     log_stats("worker stopped", &engine);
     Ok(())
 }

@@ -22,6 +22,14 @@ pub struct Settings {
     pub codec: CodecConfig,
     pub rules: RulesConfig,
     pub log: LogConfig,
+    pub http: HttpConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address of `/metrics`, `/health/livez` and `/health/readyz` (`rekindle run` only).
+    pub listen: std::net::SocketAddr,
 }
 
 #[derive(Debug, Clone, Deserialize)]

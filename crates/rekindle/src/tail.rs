@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use rekindle_events::TriggerDecoder;
-use rekindle_kafka::{source_record, Source};
+use rekindle_kafka::{source_record, NoObserver, Source};
 
 use crate::settings::Settings;
 use crate::wiring;
@@ -35,7 +35,14 @@ pub async fn tail(settings: &Settings, args: &TailArgs) -> anyhow::Result<()> {
     // that matters.
     let group = format!("rekindle-tail-{}", std::process::id());
     let owned: Arc<Mutex<BTreeSet<u32>>> = Arc::default();
-    let source = Source::new(&kafka, &group, &topic, Arc::new(|_| None), owned)?;
+    let source = Source::new(
+        &kafka,
+        &group,
+        &topic,
+        Arc::new(|_| None),
+        owned,
+        Arc::new(NoObserver),
+    )?;
     let decoder = TriggerDecoder::new()?;
     let started = Instant::now();
     let mut printed = 0usize;

@@ -1,0 +1,92 @@
+//! The worker's side of observability: what the consumer reports, turned into metrics and
+//! readiness, and figures sampled from the engine, the store and the producer.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rekindle_engine::Engine;
+use rekindle_kafka::SourceObserver;
+use rekindle_telemetry::{Health, Metrics};
+use tracing::warn;
+
+pub struct WorkerObserver {
+    pub metrics: Metrics,
+    pub health: Arc<Health>,
+}
+
+impl SourceObserver for WorkerObserver {
+    fn assigned(&self, partitions: &[u32]) {
+        self.metrics.rebalances.with_label_values(&["assign"]).inc();
+        self.metrics
+            .assigned_partitions
+            .add(partitions.len() as i64);
+        self.health.set_joined();
+    }
+
+    fn revoked(&self, partitions: &[u32]) {
+        self.metrics.rebalances.with_label_values(&["revoke"]).inc();
+        self.metrics
+            .assigned_partitions
+            .sub(partitions.len() as i64);
+        for p in partitions {
+            // Revoked partitions stop reporting rather than freeze at a stale value.
+            let label = p.to_string();
+            let _ = self
+                .metrics
+                .consumer_lag
+                .remove_label_values(&[label.as_str()]);
+            let _ = self
+                .metrics
+                .clock_lag
+                .remove_label_values(&[label.as_str()]);
+        }
+    }
+
+    fn all_brokers_down(&self) {
+        self.health.set_brokers_down();
+    }
+
+    fn lag(&self, partition: u32, records: i64) {
+        self.metrics
+            .consumer_lag
+            .with_label_values(&[partition.to_string().as_str()])
+            .set(records);
+    }
+}
+
+pub fn wall_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Seconds from `from_ms` to `to_ms`, never negative (clocks of producers may run ahead).
+pub fn seconds_between(from_ms: i64, to_ms: i64) -> f64 {
+    (to_ms.saturating_sub(from_ms)).max(0) as f64 / 1000.0
+}
+
+/// Wall clock minus each open partition's pipeline clock.
+pub fn record_clock_lag(metrics: &Metrics, engine: &Engine, now_ms: i64) {
+    for partition in engine.partitions() {
+        if let Some(clock) = engine.clock_ms(partition) {
+            metrics
+                .clock_lag
+                .with_label_values(&[partition.to_string().as_str()])
+                .set((now_ms - clock) as f64 / 1000.0);
+        }
+    }
+}
+
+/// RocksDB size estimates; cheap, but sampled rather than read per batch.
+pub fn record_store_stats(metrics: &Metrics, engine: &Engine) {
+    match engine.store().stats() {
+        Ok(stats) => {
+            metrics.state_live_data.set(stats.live_data_bytes as i64);
+            metrics.state_users.set(stats.profiles_estimate as i64);
+            metrics
+                .state_compaction_pending
+                .set(stats.compaction_pending_bytes as i64);
+        }
+        Err(e) => warn!(error = %e, "cannot read state statistics"),
+    }
+}
