@@ -179,3 +179,16 @@ pub fn avro_payloads(events: &[ActivityEvent]) -> Vec<(String, Vec<u8>)> {
         })
         .collect()
 }
+
+/// A trigger as the oracle knows it: user, episode start (last activity), due time.
+pub type Episode = (String, i64, i64);
+
+/// Fails with a sample of what is missing and what is unexpected.
+pub fn assert_same_episodes(expected: &BTreeSet<Episode>, got: &BTreeSet<Episode>) {
+    let missing: Vec<_> = expected.difference(got).take(5).collect();
+    let extra: Vec<_> = got.difference(expected).take(5).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "missing {missing:?}, unexpected {extra:?}"
+    );
+}

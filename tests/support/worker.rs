@@ -147,6 +147,38 @@ pub fn log_lines(log: &Path, message: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// `rekindle [--config CONFIG] replay --input INPUT --until-ms UNTIL`: its triggers as JSON.
+pub fn replay(config: Option<&Path>, input: &Path, until_ms: i64) -> Vec<serde_json::Value> {
+    let mut args: Vec<String> = Vec::new();
+    if let Some(config) = config {
+        args.extend(["--config".to_string(), config.display().to_string()]);
+    }
+    args.extend(["replay", "--input"].map(String::from));
+    args.push(input.display().to_string());
+    args.extend(["--until-ms".to_string(), until_ms.to_string()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let output = run_rekindle(&args);
+    assert!(
+        output.status.success(),
+        "replay failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("replay prints JSON lines"))
+        .collect()
+}
+
+/// The oracle's view of a trigger printed by `replay`.
+pub fn replayed_episode(v: &serde_json::Value) -> super::histories::Episode {
+    let number = |k: &str| v[k].as_i64().expect("number");
+    (
+        v["user_id"].as_str().expect("user_id").to_string(),
+        number("last_active_ms"),
+        number("due_at_ms"),
+    )
+}
+
 pub fn run_rekindle(args: &[&str]) -> Output {
     Command::new(rekindle_binary())
         .args(args)
@@ -205,6 +237,12 @@ pub fn decode_trigger(schema: &Schema, payload: &[u8]) -> Delivered {
         due_at_ms: long("due_at_ms"),
         fired_at_ms: long("fired_at_ms"),
         key: None,
+    }
+}
+
+impl Delivered {
+    pub fn episode(&self) -> super::histories::Episode {
+        (self.user_id.clone(), self.last_active_ms, self.due_at_ms)
     }
 }
 

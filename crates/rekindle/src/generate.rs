@@ -213,11 +213,8 @@ fn write_json_lines(path: &PathBuf, events: &[ActivityEvent]) -> anyhow::Result<
     Ok(())
 }
 
-async fn produce(
-    settings: &Settings,
-    args: &GenArgs,
-    events: &[ActivityEvent],
-) -> anyhow::Result<()> {
+/// The topic to write to (created first when `kafka.create_topics` is set) and a producer.
+async fn open_topic(settings: &Settings, args: &GenArgs) -> anyhow::Result<(String, Sink)> {
     let topic = args
         .topic
         .clone()
@@ -226,7 +223,15 @@ async fn produce(
     if settings.kafka.create_topics {
         admin::ensure_topics(&kafka, &[(&topic, settings.kafka.create_partitions)]).await?;
     }
-    let sink = Sink::new(&kafka)?;
+    Ok((topic, Sink::new(&kafka)?))
+}
+
+async fn produce(
+    settings: &Settings,
+    args: &GenArgs,
+    events: &[ActivityEvent],
+) -> anyhow::Result<()> {
+    let (topic, sink) = open_topic(settings, args).await?;
     for chunk in events.chunks(PRODUCE_BATCH) {
         send(&sink, &topic, chunk, args.schema_id).await?;
     }
@@ -260,15 +265,7 @@ async fn live(
     personas: &[Persona],
     rng: &mut StdRng,
 ) -> anyhow::Result<()> {
-    let topic = args
-        .topic
-        .clone()
-        .unwrap_or_else(|| settings.kafka.activity_topic.clone());
-    let kafka = wiring::kafka_settings(settings);
-    if settings.kafka.create_topics {
-        admin::ensure_topics(&kafka, &[(&topic, settings.kafka.create_partitions)]).await?;
-    }
-    let sink = Sink::new(&kafka)?;
+    let (topic, sink) = open_topic(settings, args).await?;
     let day_ms = i64::try_from(args.day_length.as_millis())
         .unwrap_or(1000)
         .max(1);

@@ -6,10 +6,9 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
-use rekindle_engine::{Engine, Record, RecordKind};
+use rekindle_engine::{Record, RecordKind};
 use rekindle_events::{ReactivationTrigger, ReplayLine};
 use rekindle_telemetry::Metrics;
-use tracing::info;
 
 use crate::settings::Settings;
 use crate::wiring;
@@ -80,7 +79,7 @@ pub fn replay(settings: &Settings, args: &ReplayArgs) -> anyhow::Result<()> {
     emit(&mut out, &mut fired)?;
     engine.commit()?;
     out.flush()?;
-    log_summary(&engine);
+    wiring::log_stats("replay finished", &engine);
     Ok(())
 }
 
@@ -90,15 +89,4 @@ fn emit(out: &mut impl Write, fired: &mut Vec<ReactivationTrigger>) -> anyhow::R
         out.write_all(b"\n")?;
     }
     Ok(())
-}
-
-fn log_summary(engine: &Engine) {
-    let s = engine.stats();
-    info!(
-        records = s.records,
-        events = s.events,
-        malformed = s.malformed,
-        triggers = s.triggers,
-        "replay finished"
-    );
 }

@@ -227,28 +227,15 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         .await?;
         if last_progress.elapsed() >= PROGRESS_EVERY {
             last_progress = Instant::now();
-            log_stats("progress", &engine);
+            wiring::log_stats("progress", &engine);
             record_store_stats(&metrics, &engine);
             metrics.producer_in_flight.set(i64::from(sink.in_flight()));
         }
     }
     ticker_task.abort();
     http.abort();
-    log_stats("worker stopped", &engine);
+    wiring::log_stats("worker stopped", &engine);
     Ok(())
-}
-
-fn log_stats(message: &str, engine: &rekindle_engine::Engine) {
-    let s = engine.stats();
-    info!(
-        records = s.records,
-        events = s.events,
-        malformed = s.malformed,
-        ticks = s.ticks,
-        skipped_replayed = s.skipped_replayed,
-        triggers = s.triggers,
-        "{message}"
-    );
 }
 
 async fn wait_for_signal() {

@@ -63,3 +63,17 @@ pub fn engine(
     };
     Ok(Engine::new(store, config, metrics))
 }
+
+/// The engine's running totals as one log line (the tests read the "worker stopped" one).
+pub fn log_stats(message: &str, engine: &Engine) {
+    let s = engine.stats();
+    tracing::info!(
+        records = s.records,
+        events = s.events,
+        malformed = s.malformed,
+        ticks = s.ticks,
+        skipped_replayed = s.skipped_replayed,
+        triggers = s.triggers,
+        "{message}"
+    );
+}
