@@ -12,9 +12,11 @@ setup:
 build: setup
 	cargo build --release --locked -p rekindle
 
-## The test command: unit, property and black-box tests against a real tansu broker.
+## The test command: formatting, alert-rule unit tests, unit, property and black-box tests
+## against a real tansu broker.
 test: build
 	cargo fmt --all -- --check
+	cd deploy/prometheus && promtool check rules alerts.yaml && promtool test rules alerts_test.yaml
 	cargo test --release --locked --workspace
 
 ## The demo: local broker, live synthetic activity, the worker, triggers printed.

@@ -39,6 +39,7 @@ pub struct Metrics {
     pub state_live_data: IntGauge,
     pub state_users: IntGauge,
     pub state_compaction_pending: IntGauge,
+    pub ready: IntGauge,
 }
 
 struct Builder {
@@ -192,6 +193,10 @@ impl Metrics {
             state_compaction_pending: b.gauge(
                 "rekindle_state_compaction_pending_bytes",
                 "RocksDB's estimate of bytes compaction still has to rewrite.",
+            )?,
+            ready: b.gauge(
+                "rekindle_health_ready",
+                "1 when /health/readyz answers ready, 0 otherwise.",
             )?,
             registry: b.registry,
         })

@@ -21,6 +21,7 @@ impl SourceObserver for WorkerObserver {
             .assigned_partitions
             .add(partitions.len() as i64);
         self.health.set_joined();
+        record_readiness(&self.metrics, &self.health);
     }
 
     fn revoked(&self, partitions: &[u32]) {
@@ -44,6 +45,7 @@ impl SourceObserver for WorkerObserver {
 
     fn all_brokers_down(&self) {
         self.health.set_brokers_down();
+        self.metrics.ready.set(0);
     }
 
     fn lag(&self, partition: u32, records: i64) {
@@ -89,4 +91,9 @@ pub fn record_store_stats(metrics: &Metrics, engine: &Engine) {
         }
         Err(e) => warn!(error = %e, "cannot read state statistics"),
     }
+}
+
+/// Mirrors `/health/readyz` into `rekindle_health_ready`, so alerts can use it.
+pub fn record_readiness(metrics: &Metrics, health: &Health) {
+    metrics.ready.set(i64::from(health.readiness().is_ok()));
 }

@@ -22,7 +22,8 @@ use tracing::{debug, info, info_span, Instrument};
 
 use crate::dead_letter::dead_letter;
 use crate::observe::{
-    record_clock_lag, record_store_stats, seconds_between, wall_ms, WorkerObserver,
+    record_clock_lag, record_readiness, record_store_stats, seconds_between, wall_ms,
+    WorkerObserver,
 };
 use crate::settings::Settings;
 use crate::wiring;
@@ -146,6 +147,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             let owned_now = owned.lock().map(|o| o.clone()).unwrap_or_default();
             let fetched_at = wall_ms();
             health.set_broker_reachable();
+            record_readiness(&metrics, &health);
             if tracing::enabled!(tracing::Level::DEBUG) {
                 let mut ranges: std::collections::BTreeMap<u32, (i64, i64)> = Default::default();
                 for m in &batch {
