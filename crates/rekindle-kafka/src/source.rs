@@ -9,7 +9,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::ClientContext;
 use tokio::time::{timeout, Instant};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::tick::TICK_HEADER;
 use crate::{KafkaError, KafkaSettings};
@@ -216,13 +216,19 @@ impl Source {
         let mut batch = Vec::new();
         match timeout(idle_wait, self.consumer.recv()).await {
             Err(_) => return Ok(batch),
-            Ok(first) => batch.push(first?),
+            Ok(first) => match survivable(first)? {
+                Some(message) => batch.push(message),
+                None => return Ok(batch),
+            },
         }
         let deadline = Instant::now() + max_wait;
         while batch.len() < max_records {
             match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
                 Err(_) => break,
-                Ok(message) => batch.push(message?),
+                Ok(next) => match survivable(next)? {
+                    Some(message) => batch.push(message),
+                    None => break,
+                },
             }
         }
         Ok(batch)
@@ -244,6 +250,22 @@ impl Source {
         }
         self.consumer.commit(&tpl, CommitMode::Async)?;
         Ok(())
+    }
+}
+
+/// librdkafka reports broker and transport trouble through the consumer and keeps retrying
+/// by itself: such errors are logged and the batch ends early. Only fatal errors stop the
+/// worker.
+fn survivable<'a>(
+    received: Result<BorrowedMessage<'a>, rdkafka::error::KafkaError>,
+) -> Result<Option<BorrowedMessage<'a>>, KafkaError> {
+    match received {
+        Ok(message) => Ok(Some(message)),
+        Err(e @ rdkafka::error::KafkaError::MessageConsumptionFatal(_)) => Err(e.into()),
+        Err(e) => {
+            warn!(error = %e, "consumer error; librdkafka retries");
+            Ok(None)
+        }
     }
 }
 

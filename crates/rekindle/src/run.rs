@@ -18,7 +18,7 @@ use rekindle_kafka::{
 };
 use rekindle_telemetry::{Health, Metrics};
 use tokio::sync::watch;
-use tracing::{debug, info, info_span, Instrument};
+use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::dead_letter::dead_letter;
 use crate::observe::{
@@ -221,7 +221,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             let acked = acked - rejected.len();
             metrics.triggers_acked.inc_by(acked as u64);
             engine.commit()?;
-            source.commit_progress(&engine.positions())?;
+            if let Err(e) = source.commit_progress(&engine.positions()) {
+                // Progress reporting only: the stored offsets are what a restart uses.
+                warn!(error = %e, "committing progress to the consumer group failed");
+            }
             record_clock_lag(&metrics, &engine, acked_at);
             anyhow::Ok(())
         }
