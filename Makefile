@@ -13,11 +13,13 @@ build: setup
 	cargo build --release --locked -p rekindle
 
 ## The test command: formatting, alert-rule unit tests, unit, property and black-box tests
-## against a real tansu broker.
+## against a real tansu broker, then a real Prometheus scraping a demo run evaluates every
+## dashboard and alert expression.
 test: build
 	cargo fmt --all -- --check
 	cd deploy/prometheus && promtool check rules alerts.yaml && promtool test rules alerts_test.yaml
 	cargo test --release --locked --workspace
+	REKINDLE_BIN=$(BIN) deploy/prometheus/e2e-check.sh
 
 ## The demo: local broker, live synthetic activity, the worker, triggers printed.
 demo: build

@@ -32,7 +32,7 @@ done
 grep -q "worker started" "$work/worker.log" || { cat "$work/worker.log" >&2; exit 1; }
 echo "demo: worker running (log: $work/worker.log)" >&2
 
-"$bin" --config "$config" gen --live --users 400 --days 120 --day-length 1s --seed 7 2>"$work/gen.log" &
+"$bin" --config "$config" gen --live --users 400 --days 120 --day-length 1s --seed 7 --malformed-every 500 2>"$work/gen.log" &
 pids+=($!)
-echo "demo: generating live activity for 400 users; triggers follow (${seconds}s)" >&2
+echo "demo: generating live activity for 400 users (and a malformed record every 500 events, for the dead-letter topic); triggers follow (${seconds}s)" >&2
 RUST_LOG=warn "$bin" --config "$config" tail --duration "${seconds}s"

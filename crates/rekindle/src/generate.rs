@@ -65,6 +65,10 @@ pub struct GenArgs {
     /// Length of a simulated day in --live mode.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     day_length: Duration,
+    /// With Kafka output, also write one malformed record (not Avro) after every N events,
+    /// to see dead-lettering at work.
+    #[arg(long)]
+    malformed_every: Option<usize>,
 }
 
 /// One simulated user's habits.
@@ -232,23 +236,36 @@ async fn produce(
     events: &[ActivityEvent],
 ) -> anyhow::Result<()> {
     let (topic, sink) = open_topic(settings, args).await?;
+    let mut sent = 0;
     for chunk in events.chunks(PRODUCE_BATCH) {
-        send(&sink, &topic, chunk, args.schema_id).await?;
+        send(&sink, &topic, chunk, args, &mut sent).await?;
     }
     info!(events = events.len(), topic = %topic, "history produced");
     Ok(())
 }
 
+/// Encodes and sends `events`; `sent` counts events across calls, for `--malformed-every`.
 async fn send(
     sink: &Sink,
     topic: &str,
     events: &[ActivityEvent],
-    schema_id: Option<u32>,
+    args: &GenArgs,
+    sent: &mut usize,
 ) -> anyhow::Result<()> {
-    let encoded = events
-        .iter()
-        .map(|e| Ok((e.user_id.as_str(), encode_event(e, schema_id)?)))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut encoded = Vec::with_capacity(events.len());
+    for e in events {
+        encoded.push((e.user_id.as_str(), encode_event(e, args.schema_id)?));
+        *sent += 1;
+        if args
+            .malformed_every
+            .is_some_and(|n| n > 0 && *sent % n == 0)
+        {
+            encoded.push((
+                e.user_id.as_str(),
+                b"this is not an Avro ActivityEvent".to_vec(),
+            ));
+        }
+    }
     sink.send_all(encoded.iter().map(|(key, payload)| Outgoing {
         topic,
         key: Some(key.as_bytes()),
@@ -270,6 +287,7 @@ async fn live(
         .unwrap_or(1000)
         .max(1);
     let mut serial = 0u64;
+    let mut sent = 0;
     let mut timer = tokio::time::interval(args.day_length / LIVE_SLICES_PER_DAY);
     let start = now_ms();
     for day in 0..args.days {
@@ -293,7 +311,7 @@ async fn live(
                 e.timestamp_ms = now;
                 due.push(e);
             }
-            send(&sink, &topic, &due, args.schema_id).await?;
+            send(&sink, &topic, &due, args, &mut sent).await?;
         }
         info!(day, events = produced, "live day produced");
     }
