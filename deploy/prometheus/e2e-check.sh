@@ -40,4 +40,9 @@ grep -q "worker running" "$work/demo.err" || { cat "$work/demo.err" >&2; exit 1;
 sleep "${SCRAPE_SECONDS:-50}"
 python3 "$here/check_queries.py" --prometheus "http://127.0.0.1:$prom_port" \
   --dashboard "$root/deploy/grafana/rekindle.json" --alerts "$here/alerts.yaml"
+if [ -n "${RENDER_TO:-}" ]; then
+  # Documentation only (needs matplotlib): the dashboard's panels from this run's data.
+  python3 "$root/deploy/grafana/render_panels.py" --prometheus "http://127.0.0.1:$prom_port" \
+    --dashboard "$root/deploy/grafana/rekindle.json" --out "$RENDER_TO" --minutes 1.2
+fi
 echo "prometheus check: $(grep -c trigger_id "$work/demo.out" || true) triggers printed by the demo; logs in $work" >&2
