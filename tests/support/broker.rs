@@ -67,8 +67,23 @@ impl Broker {
     }
 }
 
+impl Broker {
+    /// Freezes (SIGSTOP) or thaws (SIGCONT) the broker process: a broker that accepts
+    /// connections but answers nothing, the hardest kind of outage for a client.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([format!("-{signal}"), self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{signal} tansu");
+    }
+}
+
 impl Drop for Broker {
     fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-CONT", &self.child.id().to_string()])
+            .status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

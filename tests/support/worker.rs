@@ -69,6 +69,7 @@ tick_interval = "100ms"
 [pipeline]
 batch_max_records = 2000
 batch_max_wait = "20ms"
+shutdown_grace = "3s"
 
 [log]
 format = "json"
@@ -116,17 +117,22 @@ impl Worker {
     }
 
     /// SIGTERM, then wait for a clean exit.
-    pub fn stop(mut self) -> std::process::ExitStatus {
+    pub fn stop(self) -> std::process::ExitStatus {
+        self.stop_within(Duration::from_secs(30))
+    }
+
+    /// SIGTERM, then wait at most `limit` for the process to exit.
+    pub fn stop_within(mut self, limit: Duration) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();
         let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + limit;
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return status;
             }
             if Instant::now() > deadline {
                 let _ = self.child.kill();
-                panic!("worker did not stop within 30s of SIGTERM");
+                panic!("worker did not stop within {limit:?} of SIGTERM");
             }
             std::thread::sleep(Duration::from_millis(50));
         }

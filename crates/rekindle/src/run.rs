@@ -18,7 +18,7 @@ use rekindle_kafka::{
 };
 use rekindle_telemetry::{Health, Metrics};
 use tokio::sync::watch;
-use tracing::{debug, info, info_span, warn, Instrument};
+use tracing::{debug, error, info, info_span, warn, Instrument};
 
 use crate::dead_letter::dead_letter;
 use crate::observe::{
@@ -31,6 +31,8 @@ use crate::wiring;
 /// How long the worker waits for a first record before checking for shutdown again.
 const IDLE_WAIT: Duration = Duration::from_millis(200);
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);
+/// Exit status when the shutdown grace period ran out before the batch finished.
+const EXIT_GRACE_EXPIRED: i32 = 3;
 
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let kafka = wiring::kafka_settings(&settings);
@@ -82,10 +84,17 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let sink = Sink::new(&kafka)?;
 
     let (shutdown_tx, shutdown) = watch::channel(false);
+    let grace = settings.pipeline.shutdown_grace;
     tokio::spawn(async move {
         wait_for_signal().await;
-        info!("shutdown requested");
+        info!(grace = ?grace, "shutdown requested: finishing the current batch");
         let _ = shutdown_tx.send(true);
+        // The batch in flight normally finishes in milliseconds. If it cannot (the broker
+        // stopped acknowledging), leave without committing it: state and offsets stay at the
+        // previous batch, and the next start replays this one with the same trigger ids.
+        tokio::time::sleep(grace).await;
+        error!(grace = ?grace, "shutdown did not complete within the grace period; exiting (an unfinished batch is not committed)");
+        std::process::exit(EXIT_GRACE_EXPIRED);
     });
     let http = tokio::spawn(rekindle_telemetry::serve(
         listener,

@@ -75,6 +75,10 @@ pub struct PipelineConfig {
     pub batch_max_records: usize,
     #[serde(with = "humantime_serde")]
     pub batch_max_wait: Duration,
+    /// After SIGTERM, how long the batch in flight may take before the worker exits
+    /// without committing it.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
