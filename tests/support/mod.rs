@@ -5,6 +5,7 @@
 
 pub mod broker;
 pub mod histories;
+pub mod scenario;
 pub mod worker;
 
 use std::time::{SystemTime, UNIX_EPOCH};
