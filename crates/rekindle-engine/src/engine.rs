@@ -2,7 +2,7 @@ use std::collections::HashMap;
 
 use rekindle_events::{ActivityEvent, EventDecoder, EventError, EventKind, ReactivationTrigger};
 use rekindle_state::{PartitionState, Store};
-use rekindle_telemetry::Metrics;
+use rekindle_telemetry::{Metrics, PartitionSeries};
 use tracing::{debug, warn};
 
 use crate::{EngineError, Record, RecordKind, RuleSet};
@@ -45,8 +45,8 @@ pub struct Engine {
     stats: EngineStats,
     config: EngineConfig,
     partitions: HashMap<u32, PartitionState>,
-    /// Label values are formatted once per partition, not once per record.
-    partition_labels: HashMap<u32, String>,
+    /// Metric series resolved once per partition, not once per record.
+    partition_series: HashMap<u32, PartitionSeries>,
     metrics: Metrics,
 }
 
@@ -57,7 +57,7 @@ impl Engine {
             stats: EngineStats::default(),
             config,
             partitions: HashMap::new(),
-            partition_labels: HashMap::new(),
+            partition_series: HashMap::new(),
             metrics,
         }
     }
@@ -103,8 +103,8 @@ impl Engine {
         if !self.partitions.contains_key(&partition) {
             let state = PartitionState::open(&self.store, partition)?;
             self.partitions.insert(partition, state);
-            self.partition_labels
-                .insert(partition, partition.to_string());
+            let series = self.metrics.partition_series(&self.config.topic, partition);
+            self.partition_series.insert(partition, series);
         }
         self.partitions.get_mut(&partition).ok_or_else(|| {
             EngineError::State(rekindle_state::StateError::Corrupt {
@@ -113,12 +113,6 @@ impl Engine {
                 reason: "entry vanished".into(),
             })
         })
-    }
-
-    fn label(&self, partition: u32) -> &str {
-        self.partition_labels
-            .get(&partition)
-            .map_or("unknown", String::as_str)
     }
 
     /// Processes one record; triggers it causes are appended to `out` in firing order.
@@ -133,10 +127,9 @@ impl Engine {
             kind,
         } = record;
         let resume = self.partition(partition)?.resume_offset();
-        self.metrics
-            .records_received
-            .with_label_values(&[self.config.topic.as_str(), self.label(partition)])
-            .inc();
+        if let Some(series) = self.partition_series.get(&partition) {
+            series.received.inc();
+        }
         self.stats.records += 1;
         if resume.is_some_and(|next| offset < next) {
             self.metrics.records_skipped_replayed.inc();
@@ -220,10 +213,9 @@ impl Engine {
             let clock = state.clock_ms();
             self.fire_due(partition, clock, out)?;
         }
-        self.metrics
-            .events_processed
-            .with_label_values(&[self.config.topic.as_str(), self.label(partition)])
-            .inc();
+        if let Some(series) = self.partition_series.get(&partition) {
+            series.processed.inc();
+        }
         self.stats.events += 1;
         Ok(Disposition::Applied {
             event_ms: Some(event.timestamp_ms),
@@ -285,11 +277,8 @@ impl Engine {
     pub fn commit(&mut self) -> Result<(), EngineError> {
         for (partition, state) in &mut self.partitions {
             state.flush()?;
-            if let Some(label) = self.partition_labels.get(partition) {
-                self.metrics
-                    .clock_time
-                    .with_label_values(&[label.as_str()])
-                    .set(state.clock_ms() as f64 / 1000.0);
+            if let Some(series) = self.partition_series.get(partition) {
+                series.clock_time.set(state.clock_ms() as f64 / 1000.0);
             }
         }
         self.metrics.batches_committed.inc();

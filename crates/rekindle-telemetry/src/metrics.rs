@@ -1,6 +1,6 @@
 use prometheus::{
-    Encoder, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::TelemetryError;
@@ -40,6 +40,14 @@ pub struct Metrics {
     pub state_users: IntGauge,
     pub state_compaction_pending: IntGauge,
     pub ready: IntGauge,
+}
+
+/// Handles on the per-partition series the engine touches for every record.
+#[derive(Clone)]
+pub struct PartitionSeries {
+    pub received: IntCounter,
+    pub processed: IntCounter,
+    pub clock_time: Gauge,
 }
 
 struct Builder {
@@ -200,6 +208,21 @@ impl Metrics {
             )?,
             registry: b.registry,
         })
+    }
+
+    /// One partition's series, resolved once so that the per-record path does no label
+    /// lookup.
+    pub fn partition_series(&self, topic: &str, partition: u32) -> PartitionSeries {
+        let label = partition.to_string();
+        PartitionSeries {
+            received: self
+                .records_received
+                .with_label_values(&[topic, label.as_str()]),
+            processed: self
+                .events_processed
+                .with_label_values(&[topic, label.as_str()]),
+            clock_time: self.clock_time.with_label_values(&[label.as_str()]),
+        }
     }
 
     /// The Prometheus text exposition of every metric.
