@@ -7,9 +7,9 @@ mod support;
 use std::collections::{BTreeMap, BTreeSet};
 
 use proptest::prelude::*;
-use rekindle_engine::{Engine, EngineConfig, Record, RecordKind, RuleSet};
+use rekindle_engine::{Emitted, Engine, EngineConfig, Record, RecordKind};
 use rekindle_events::{ActivityEvent, EventDecoder};
-use rekindle_rules::{LapsedConfig, LapsedRule, WindowConfig, Windows};
+use rekindle_rules::{RuleBook, RuleBookConfig, RuleConfig, WindowConfig, Windows};
 use rekindle_state::{Store, StoreOptions};
 use rekindle_telemetry::Metrics;
 use support::histories::expected;
@@ -21,10 +21,14 @@ const T0: i64 = 1_709_251_200_000;
 fn engine(dir: &std::path::Path) -> Engine {
     let store = Store::open(dir, &StoreOptions::default()).expect("store");
     let windows = Windows::new(&WindowConfig::default()).expect("windows");
-    let rule = LapsedRule::new("lapsed_7d", &LapsedConfig::default(), windows).expect("rule");
+    // The oracle specifies lapsed_7d alone, without delivery policies.
+    let rules = RuleBookConfig {
+        rules: BTreeMap::from([("lapsed_7d".to_string(), RuleConfig::lapsed_7d())]),
+        ..RuleBookConfig::default()
+    };
     let config = EngineConfig {
         topic: "activity".into(),
-        rules: RuleSet::new(windows, rule),
+        rules: RuleBook::new(windows, &rules).expect("rule book"),
         decoder: EventDecoder::new(Vec::new(), 1 << 20).expect("decoder"),
         max_future_skew_ms: 0,
     };
@@ -74,13 +78,15 @@ proptest! {
 
         let dir = tempfile::tempdir().expect("dir");
         let mut engine = engine(dir.path());
-        let mut fired = Vec::new();
+        let mut emitted = Emitted::default();
         for (offset, kind) in records.into_iter().enumerate() {
-            engine.process(Record { partition: 0, offset: offset as i64, kind }, &mut fired).expect("process");
+            engine.process(Record { partition: 0, offset: offset as i64, kind }, &mut emitted).expect("process");
             if offset % commit_every == 0 {
                 engine.commit().expect("commit");
             }
         }
+        let fired = &emitted.triggers;
+        prop_assert!(emitted.audit.is_empty(), "no policy suppresses anything here");
         let got: BTreeSet<(String, i64, i64)> =
             fired.iter().map(|t| (t.user_id.clone(), t.last_active_ms, t.due_at_ms)).collect();
         prop_assert_eq!(got.len(), fired.len(), "no episode fires twice");

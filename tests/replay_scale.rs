@@ -5,7 +5,7 @@ mod support;
 use std::collections::BTreeSet;
 
 use support::histories::{assert_same_episodes, expected, scripted, write_replay_file};
-use support::worker::{replay, replayed_episode};
+use support::worker::{replay, replayed_episode, write_lapsed_only_config};
 use support::{now_ms, DAY};
 
 #[test]
@@ -17,7 +17,8 @@ fn replay_of_a_large_history_matches_the_oracle() {
     let dir = tempfile::tempdir().expect("temp dir");
     let input = dir.path().join("histories.jsonl");
     write_replay_file(&input, &events);
-    let got: BTreeSet<_> = replay(None, &input, until)
+    let config = write_lapsed_only_config(dir.path());
+    let got: BTreeSet<_> = replay(Some(&config), &input, until)
         .iter()
         .map(replayed_episode)
         .collect();

@@ -33,6 +33,28 @@ pub fn rekindle_binary() -> PathBuf {
 /// The dead-letter topic of every test configuration.
 pub const DEAD_LETTERS: &str = "dead-letters";
 
+/// The oracle of tests/support/histories.rs specifies lapsed_7d alone, with no delivery
+/// policy in the way: every episode fires.
+pub const LAPSED_ONLY: &str = r#"
+[rules.lapsed_7d]
+cooldown = "0s"
+[rules.engagement_drop]
+mode = "off"
+[rules.new_user_no_return]
+mode = "off"
+[rules.dormant_30d]
+mode = "off"
+[policy.frequency_cap]
+max_triggers = 0
+"#;
+
+/// A configuration file holding only [`LAPSED_ONLY`], for `replay`.
+pub fn write_lapsed_only_config(dir: &Path) -> PathBuf {
+    let path = dir.join("lapsed-only.toml");
+    std::fs::write(&path, LAPSED_ONLY).expect("write config");
+    path
+}
+
 /// A worker configuration for tests: short ticks, low fetch wait, JSON logs.
 pub fn write_config(
     dir: &Path,
@@ -71,6 +93,7 @@ batch_max_records = 2000
 batch_max_wait = "20ms"
 shutdown_grace = "3s"
 
+{LAPSED_ONLY}
 [log]
 format = "json"
 level = "info"

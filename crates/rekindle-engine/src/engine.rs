@@ -1,11 +1,12 @@
 use std::collections::HashMap;
 
-use rekindle_events::{ActivityEvent, EventDecoder, EventError, EventKind, ReactivationTrigger};
+use rekindle_events::{ActivityEvent, AuditRecord, EventDecoder, EventError, EventKind};
+use rekindle_rules::{Activity, LifecycleStage, Outcome, RuleBook, Verdict};
 use rekindle_state::{PartitionState, Store};
 use rekindle_telemetry::{Metrics, PartitionSeries};
 use tracing::{debug, warn};
 
-use crate::{EngineError, Record, RecordKind, RuleSet};
+use crate::{Emitted, EngineError, Record, RecordKind};
 
 /// What became of one record.
 #[derive(Debug)]
@@ -22,7 +23,7 @@ pub enum Disposition {
 pub struct EngineConfig {
     /// Named in logs so an operator can find a bad record.
     pub topic: String,
-    pub rules: RuleSet,
+    pub rules: RuleBook,
     pub decoder: EventDecoder,
     /// An event time more than this ahead of the record's ingest time is clamped to it
     /// before it moves the clock (the event still counts as activity at its own time).
@@ -38,6 +39,8 @@ pub struct EngineStats {
     pub ticks: u64,
     pub skipped_replayed: u64,
     pub triggers: u64,
+    /// Decisions that did not send a trigger (audit records).
+    pub suppressed: u64,
 }
 
 pub struct Engine {
@@ -48,10 +51,13 @@ pub struct Engine {
     /// Metric series resolved once per partition, not once per record.
     partition_series: HashMap<u32, PartitionSeries>,
     metrics: Metrics,
+    /// Reused across evaluations so the per-event path does not allocate for it.
+    outcome: Outcome,
 }
 
 impl Engine {
     pub fn new(store: Store, config: EngineConfig, metrics: Metrics) -> Engine {
+        initialise_rule_series(&metrics, &config.rules);
         Engine {
             store,
             stats: EngineStats::default(),
@@ -59,6 +65,7 @@ impl Engine {
             partitions: HashMap::new(),
             partition_series: HashMap::new(),
             metrics,
+            outcome: Outcome::default(),
         }
     }
 
@@ -75,6 +82,9 @@ impl Engine {
     /// Forgets a partition. Call [`Engine::commit`] first: uncommitted changes are dropped.
     pub fn close_partition(&mut self, partition: u32) {
         self.partitions.remove(&partition);
+        self.partition_series.remove(&partition);
+        // Another worker reports this partition's users from now on.
+        self.metrics.forget_partition(partition);
     }
 
     pub fn partitions(&self) -> impl Iterator<Item = u32> + '_ {
@@ -119,7 +129,7 @@ impl Engine {
     pub fn process(
         &mut self,
         record: Record<'_>,
-        out: &mut Vec<ReactivationTrigger>,
+        out: &mut Emitted,
     ) -> Result<Disposition, EngineError> {
         let Record {
             partition,
@@ -181,7 +191,7 @@ impl Engine {
         offset: i64,
         event: ActivityEvent,
         ingest_ms: Option<i64>,
-        out: &mut Vec<ReactivationTrigger>,
+        out: &mut Emitted,
     ) -> Result<Disposition, EngineError> {
         if let Err(error) = event.validate() {
             return Ok(self.malformed(partition, offset, error));
@@ -193,26 +203,44 @@ impl Engine {
             None => event.timestamp_ms,
         };
         self.advance_clock(partition, clock_candidate, out)?;
-        if event.kind() == EventKind::Activity {
-            let session_seconds = u32::try_from(event.session_seconds).unwrap_or(0);
-            let rules = &self.config.rules;
-            let state = self
-                .partitions
-                .get_mut(&partition)
-                .ok_or_else(|| missing(partition))?;
-            let profile = state.profile_mut(&event.user_id)?;
-            profile.record_activity(
-                rules.windows(),
-                event.timestamp_ms,
-                session_seconds,
-                event.amount,
-            );
-            let (from, to) = (profile.wake_at_ms, rules.next_wake(profile));
-            profile.wake_at_ms = to;
-            state.move_timer(&event.user_id, from, to);
-            let clock = state.clock_ms();
-            self.fire_due(partition, clock, out)?;
+        let rules = &self.config.rules;
+        let outcome = &mut self.outcome;
+        outcome.clear();
+        let state = self
+            .partitions
+            .get_mut(&partition)
+            .ok_or_else(|| missing(partition))?;
+        let now = state.clock_ms();
+        let user = event.user_id.as_str();
+        let profile = state.profile_mut(user)?;
+        let wake_before = profile.wake_at_ms;
+        let mut deleted = false;
+        match event.kind() {
+            EventKind::Activity => {
+                let activity = Activity {
+                    timestamp_ms: event.timestamp_ms,
+                    session_seconds: u32::try_from(event.session_seconds).unwrap_or(0),
+                    amount: event.amount,
+                    timezone: event.timezone.as_deref(),
+                };
+                rules.on_activity(user, profile, activity, now, outcome);
+            }
+            EventKind::OptOut => rules.on_opt_out(profile, outcome),
+            EventKind::OptIn => rules.on_opt_in(profile),
+            EventKind::UserDeleted => {
+                rules.on_delete(profile, outcome);
+                deleted = true;
+            }
         }
+        if deleted {
+            state.move_timer(user, wake_before, None);
+            state.delete_profile(user);
+        } else {
+            let next = rules.next_wake(profile, now);
+            profile.wake_at_ms = next;
+            state.move_timer(user, wake_before, next);
+        }
+        report(rules, &self.metrics, &mut self.stats, state, outcome, out);
         if let Some(series) = self.partition_series.get(&partition) {
             series.processed.inc();
         }
@@ -227,7 +255,7 @@ impl Engine {
         &mut self,
         partition: u32,
         time_ms: i64,
-        out: &mut Vec<ReactivationTrigger>,
+        out: &mut Emitted,
     ) -> Result<(), EngineError> {
         let state = self.partition(partition)?;
         if time_ms <= state.clock_ms() {
@@ -241,7 +269,7 @@ impl Engine {
         &mut self,
         partition: u32,
         now_ms: i64,
-        out: &mut Vec<ReactivationTrigger>,
+        out: &mut Emitted,
     ) -> Result<(), EngineError> {
         let state = self
             .partitions
@@ -251,24 +279,19 @@ impl Engine {
             return Ok(());
         }
         let rules = &self.config.rules;
-        let fired_before = out.len();
         for timer in state.take_due(now_ms)? {
+            let outcome = &mut self.outcome;
+            outcome.clear();
             let profile = state.profile_mut(&timer.user_id)?;
             if profile.wake_at_ms != Some(timer.due_ms) {
                 // A stale index entry: the user's timer moved after it was written.
                 continue;
             }
-            rules.fire(&timer.user_id, profile, now_ms, out);
-            let next = rules.next_wake(profile);
+            rules.on_wake(&timer.user_id, profile, now_ms, outcome);
+            let next = rules.next_wake(profile, now_ms);
             profile.wake_at_ms = next;
             state.move_timer(&timer.user_id, None, next);
-        }
-        self.stats.triggers += (out.len() - fired_before) as u64;
-        for trigger in &out[fired_before..] {
-            self.metrics
-                .triggers_fired
-                .with_label_values(&[trigger.rule_id.as_str()])
-                .inc();
+            report(rules, &self.metrics, &mut self.stats, state, outcome, out);
         }
         Ok(())
     }
@@ -279,11 +302,109 @@ impl Engine {
             state.flush()?;
             if let Some(series) = self.partition_series.get(partition) {
                 series.clock_time.set(state.clock_ms() as f64 / 1000.0);
+                for (gauge, users) in series.stage_users.iter().zip(state.meta().stage_users) {
+                    gauge.set(users);
+                }
             }
         }
         self.metrics.batches_committed.inc();
         Ok(())
     }
+}
+
+/// Turns one evaluation's outcome into output, metrics and stage counts.
+fn report(
+    rules: &RuleBook,
+    metrics: &Metrics,
+    stats: &mut EngineStats,
+    state: &mut PartitionState,
+    outcome: &mut Outcome,
+    out: &mut Emitted,
+) {
+    if let Some(change) = outcome.stage_change {
+        state.count_stage_change(change.from.map(|s| s.index()), change.to.map(|s| s.index()));
+        metrics
+            .stage_transitions
+            .with_label_values(&[stage_label(change.from), stage_label(change.to)])
+            .inc();
+    }
+    if let Some(back) = &outcome.reactivated {
+        metrics
+            .reactivations
+            .with_label_values(&[back.rule.as_str(), back.group.as_str()])
+            .inc();
+    }
+    for (rule, group) in &outcome.attributable {
+        metrics
+            .attributable
+            .with_label_values(&[rule.as_str(), group.as_str()])
+            .inc();
+    }
+    for decision in outcome.decisions.drain(..) {
+        let rule = decision.trigger.rule_id.as_str();
+        match decision.verdict {
+            Verdict::Sent => {
+                metrics.triggers_fired.with_label_values(&[rule]).inc();
+                stats.triggers += 1;
+                out.triggers.push(decision.trigger);
+            }
+            verdict => {
+                let reason = verdict.reason().map_or("none", |r| r.as_str());
+                metrics
+                    .suppressed
+                    .with_label_values(&[rule, verdict.decision(), reason])
+                    .inc();
+                stats.suppressed += 1;
+                let release_at_ms = match verdict {
+                    Verdict::Deferred { release_ms } => Some(release_ms),
+                    _ => None,
+                };
+                let group = rules.holdout_group(&decision.trigger.user_id).as_str();
+                out.audit.push(AuditRecord {
+                    trigger: decision.trigger,
+                    decision: verdict.decision().to_string(),
+                    reason: reason.to_string(),
+                    release_at_ms,
+                    group: group.to_string(),
+                });
+            }
+        }
+    }
+}
+
+/// Every series a rule can produce starts at zero, so dashboards and `rate()` see a rule
+/// from the start instead of from its first decision of each kind.
+fn initialise_rule_series(metrics: &Metrics, rules: &RuleBook) {
+    use rekindle_rules::Reason;
+    const NOT_SENT: [(&str, Reason); 10] = [
+        ("suppressed", Reason::Shadow),
+        ("suppressed", Reason::OptedOut),
+        ("suppressed", Reason::Cooldown),
+        ("suppressed", Reason::Capped),
+        ("suppressed", Reason::Outranked),
+        ("suppressed", Reason::Holdout),
+        ("deferred", Reason::QuietHours),
+        ("cancelled", Reason::Returned),
+        ("cancelled", Reason::OptedOut),
+        ("cancelled", Reason::UserDeleted),
+    ];
+    for rule in rules.rules() {
+        let id = rule.id();
+        metrics.triggers_fired.with_label_values(&[id]);
+        for (decision, reason) in NOT_SENT {
+            metrics
+                .suppressed
+                .with_label_values(&[id, decision, reason.as_str()]);
+        }
+        for group in ["treatment", "holdout"] {
+            metrics.attributable.with_label_values(&[id, group]);
+            metrics.reactivations.with_label_values(&[id, group]);
+        }
+    }
+}
+
+fn stage_label(stage: Option<LifecycleStage>) -> &'static str {
+    stage.map_or("none", |s| s.as_str())
 }
 
 fn missing(partition: u32) -> EngineError {

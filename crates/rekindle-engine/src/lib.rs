@@ -7,21 +7,22 @@
 //!    its ingest time, or a tick's time); it never goes back.
 //! 3. Every timer due at or before the clock fires, before the record itself is applied, so
 //!    an event that arrives after a deadline does not cancel a lapse that already happened.
-//! 4. The event is applied to its user's profile and the user's timer is moved.
+//! 4. The event is applied to its user's profile, the rule book evaluates the user at the
+//!    clock, and the user's single timer is moved to the next time the book asks for.
 //!
 //! After each record no pending timer is due at or before the clock. Because the outcome
 //! depends only on the records and their order, a replay of the same log gives the same
-//! triggers as the live run. [`Engine::commit`] writes every partition's batch atomically.
+//! triggers and audit records as the live run. [`Engine::commit`] writes every partition's batch atomically.
 
 mod engine;
 mod error;
+mod output;
 mod record;
-mod rules;
 
 pub use engine::{Disposition, Engine, EngineConfig, EngineStats};
 pub use error::EngineError;
+pub use output::Emitted;
 pub use record::{Record, RecordKind};
-pub use rules::RuleSet;
 
 #[cfg(test)]
 mod tests;

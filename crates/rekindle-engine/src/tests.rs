@@ -3,23 +3,33 @@
 use std::collections::BTreeMap;
 
 use rekindle_events::{encode_event, ActivityEvent, EventDecoder, ReactivationTrigger};
-use rekindle_rules::{LapsedConfig, LapsedRule, WindowConfig, Windows};
+use rekindle_rules::{HoldoutConfig, RuleBook, RuleBookConfig, RuleConfig, WindowConfig, Windows};
 use rekindle_state::{Store, StoreOptions};
 use rekindle_telemetry::Metrics;
 
-use crate::{Engine, EngineConfig, Record, RecordKind, RuleSet};
+use crate::{Emitted, Engine, EngineConfig, Record, RecordKind};
 
 const DAY: i64 = 86_400_000;
 /// 2023-11-14T00:00:00Z
 const T0: i64 = 1_699_920_000_000;
 
+fn lapsed_only() -> RuleBookConfig {
+    RuleBookConfig {
+        rules: BTreeMap::from([("lapsed_7d".to_string(), RuleConfig::lapsed_7d())]),
+        ..RuleBookConfig::default()
+    }
+}
+
 fn engine(dir: &std::path::Path) -> Engine {
+    engine_with(dir, &lapsed_only())
+}
+
+fn engine_with(dir: &std::path::Path, rules: &RuleBookConfig) -> Engine {
     let store = Store::open(dir, &StoreOptions::default()).expect("store");
     let windows = Windows::new(&WindowConfig::default()).expect("windows");
-    let rule = LapsedRule::new("lapsed_7d", &LapsedConfig::default(), windows).expect("rule");
     let config = EngineConfig {
         topic: "activity".into(),
-        rules: RuleSet::new(windows, rule),
+        rules: RuleBook::new(windows, rules).expect("rule book"),
         decoder: EventDecoder::new(Vec::new(), 1 << 20).expect("decoder"),
         max_future_skew_ms: 60_000,
     };
@@ -43,7 +53,7 @@ fn event(user: &str, ts: i64) -> ActivityEvent {
 struct Feed<'e> {
     engine: &'e mut Engine,
     next: i64,
-    out: Vec<ReactivationTrigger>,
+    out: Emitted,
 }
 
 impl Feed<'_> {
@@ -68,6 +78,7 @@ impl Feed<'_> {
     }
     fn fired(&mut self) -> Vec<(String, i64)> {
         self.out
+            .triggers
             .drain(..)
             .map(|t| (t.user_id, t.last_active_ms))
             .collect()
@@ -81,7 +92,7 @@ fn fires_when_the_clock_passes_the_deadline_and_not_before() {
     let mut f = Feed {
         engine: &mut e,
         next: 0,
-        out: Vec::new(),
+        out: Emitted::default(),
     };
     for d in 0..3 {
         f.event("a", T0 + d * DAY);
@@ -102,7 +113,7 @@ fn an_event_after_the_deadline_does_not_cancel_the_lapse_it_proves() {
     let mut f = Feed {
         engine: &mut e,
         next: 0,
-        out: Vec::new(),
+        out: Emitted::default(),
     };
     for d in 0..3 {
         f.event("a", T0 + d * DAY);
@@ -122,7 +133,7 @@ fn activity_before_the_deadline_cancels_and_reschedules() {
     let mut f = Feed {
         engine: &mut e,
         next: 0,
-        out: Vec::new(),
+        out: Emitted::default(),
     };
     for d in 0..3 {
         f.event("a", T0 + d * DAY);
@@ -141,7 +152,7 @@ fn late_event_that_completes_eligibility_fires_at_once_when_overdue() {
     let mut f = Feed {
         engine: &mut e,
         next: 0,
-        out: Vec::new(),
+        out: Emitted::default(),
     };
     f.event("a", T0);
     f.event("a", T0 + 2 * DAY);
@@ -160,7 +171,7 @@ fn records_below_the_stored_offset_are_skipped_after_restart() {
         let mut f = Feed {
             engine: &mut e,
             next: 0,
-            out: Vec::new(),
+            out: Emitted::default(),
         };
         for d in 0..3 {
             f.event("a", T0 + d * DAY);
@@ -172,7 +183,7 @@ fn records_below_the_stored_offset_are_skipped_after_restart() {
     let mut f = Feed {
         engine: &mut e,
         next: 0,
-        out: Vec::new(),
+        out: Emitted::default(),
     };
     // Redelivery of offsets 0..3 changes nothing; offset 3 is new.
     for d in 0..3 {
@@ -197,14 +208,14 @@ fn uncommitted_batches_replay_to_the_same_triggers() {
         let mut f = Feed {
             engine: &mut e,
             next: 0,
-            out: Vec::new(),
+            out: Emitted::default(),
         };
         for d in 0..4 {
             f.event("a", T0 + d * DAY);
             f.event("b", T0 + d * DAY + 1);
         }
         f.tick(T0 + 11 * DAY);
-        let fired: Vec<ReactivationTrigger> = f.out.drain(..).collect();
+        let fired: Vec<ReactivationTrigger> = f.out.triggers.drain(..).collect();
         if commit {
             e.commit().expect("commit");
         }
@@ -223,7 +234,7 @@ fn uncommitted_batches_replay_to_the_same_triggers() {
 fn malformed_records_are_counted_and_skipped() {
     let dir = tempfile::tempdir().expect("dir");
     let mut e = engine(dir.path());
-    let mut out = Vec::new();
+    let mut out = Emitted::default();
     let valid = encode_event(&event("a", T0), Some(1)).expect("encodes");
     let mut no_user = event("", T0);
     no_user.user_id.clear();
@@ -257,7 +268,7 @@ fn malformed_records_are_counted_and_skipped() {
 fn future_event_times_are_clamped_for_the_clock_only() {
     let dir = tempfile::tempdir().expect("dir");
     let mut e = engine(dir.path());
-    let mut out = Vec::new();
+    let mut out = Emitted::default();
     let far = encode_event(&event("a", T0 + 365 * DAY), None).expect("encodes");
     let kind = RecordKind::Avro {
         payload: &far,
@@ -283,7 +294,7 @@ fn future_event_times_are_clamped_for_the_clock_only() {
 fn partitions_keep_separate_clocks() {
     let dir = tempfile::tempdir().expect("dir");
     let mut e = engine(dir.path());
-    let mut out = Vec::new();
+    let mut out = Emitted::default();
     for d in 0..3 {
         let kind = RecordKind::Event {
             event: Box::new(event("a", T0 + d * DAY)),
@@ -319,5 +330,80 @@ fn partitions_keep_separate_clocks() {
         &mut out,
     )
     .expect("tick");
-    assert_eq!(out.len(), 1);
+    assert_eq!(out.triggers.len(), 1);
+}
+
+fn typed(user: &str, ts: i64, event_type: &str) -> RecordKind<'static> {
+    let mut e = event(user, ts);
+    e.event_type = event_type.into();
+    RecordKind::Event {
+        event: Box::new(e),
+        ingest_ms: None,
+    }
+}
+
+#[test]
+fn deletion_removes_the_profile_its_timer_and_its_stage_count() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut e = engine(dir.path());
+    let mut f = Feed {
+        engine: &mut e,
+        next: 0,
+        out: Emitted::default(),
+    };
+    for d in 0..3 {
+        f.event("a", T0 + d * DAY);
+        f.event("b", T0 + d * DAY);
+    }
+    f.record(typed("a", T0 + 3 * DAY, "user_deleted"));
+    f.tick(T0 + 20 * DAY);
+    assert_eq!(f.fired(), vec![("b".to_string(), T0 + 2 * DAY)]);
+    e.commit().expect("commit");
+    assert_eq!(e.store().profile(0, "a").expect("read"), None);
+    assert!(e.store().profile(0, "b").expect("read").is_some());
+    let timers = e
+        .store()
+        .timers_between(0, i64::MIN, i64::MAX)
+        .expect("timers");
+    assert!(timers.iter().all(|(_, user)| user != "a"), "{timers:?}");
+    let meta = e.store().meta(0).expect("meta").expect("stored");
+    // b is at risk (silent 18 days); a is counted nowhere.
+    assert_eq!(meta.stage_users, [0, 0, 1, 0, 0]);
+}
+
+#[test]
+fn suppressed_decisions_come_out_as_audit_records() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut rules = lapsed_only();
+    rules.policy.holdout = HoldoutConfig {
+        percent: 100.0,
+        salt: "s".into(),
+    };
+    let mut e = engine_with(dir.path(), &rules);
+    let mut f = Feed {
+        engine: &mut e,
+        next: 0,
+        out: Emitted::default(),
+    };
+    for d in 0..3 {
+        f.event("a", T0 + d * DAY);
+        f.event("b", T0 + d * DAY);
+    }
+    f.record(typed("b", T0 + 3 * DAY, "opt_out"));
+    f.tick(T0 + 20 * DAY);
+    assert!(f.out.triggers.is_empty());
+    let audit: Vec<(String, String, String)> = f
+        .out
+        .audit
+        .iter()
+        .map(|a| (a.trigger.user_id.clone(), a.reason.clone(), a.group.clone()))
+        .collect();
+    assert_eq!(
+        audit,
+        vec![
+            ("a".into(), "holdout".into(), "holdout".into()),
+            ("b".into(), "opted_out".into(), "holdout".into())
+        ]
+    );
+    assert_eq!(e.stats().suppressed, 2);
 }

@@ -13,10 +13,11 @@ use apache_avro::reader::datum::GenericDatumReader;
 use apache_avro::writer::datum::GenericDatumWriter;
 use apache_avro::Schema;
 
-use crate::{ActivityEvent, EventError, ReactivationTrigger};
+use crate::{ActivityEvent, AuditRecord, EventError, ReactivationTrigger};
 
 pub const ACTIVITY_SCHEMA_JSON: &str = include_str!("../../../schemas/activity_event.avsc");
 pub const TRIGGER_SCHEMA_JSON: &str = include_str!("../../../schemas/reactivation_trigger.avsc");
+pub const AUDIT_SCHEMA_JSON: &str = include_str!("../../../schemas/audit_record.avsc");
 
 const MAGIC_BYTE: u8 = 0;
 const FRAME_HEADER_LEN: usize = 5;
@@ -25,6 +26,7 @@ const MAX_DECODE_ALLOCATION: usize = 16 * 1024 * 1024;
 
 static ACTIVITY_SCHEMA: OnceLock<Schema> = OnceLock::new();
 static TRIGGER_SCHEMA: OnceLock<Schema> = OnceLock::new();
+static AUDIT_SCHEMA: OnceLock<Schema> = OnceLock::new();
 
 fn embedded(
     cell: &'static OnceLock<Schema>,
@@ -149,24 +151,19 @@ fn decode_datum<T: serde::de::DeserializeOwned>(
     apache_avro::from_value::<T>(&value).map_err(|e| EventError::Avro(e.to_string()))
 }
 
-/// Encodes triggers, Confluent-framed when a schema id is configured.
-pub struct TriggerEncoder {
+/// Writes values of one embedded schema, Confluent-framed when a schema id is configured.
+struct DatumEncoder {
     schema: &'static Schema,
     schema_id: Option<u32>,
 }
 
-impl TriggerEncoder {
-    pub fn new(schema_id: Option<u32>) -> Result<Self, EventError> {
-        let schema = embedded(&TRIGGER_SCHEMA, "reactivation_trigger", TRIGGER_SCHEMA_JSON)?;
-        Ok(TriggerEncoder { schema, schema_id })
-    }
-
-    pub fn encode(&self, trigger: &ReactivationTrigger) -> Result<Vec<u8>, EventError> {
+impl DatumEncoder {
+    fn encode<T: serde::Serialize>(&self, value: &T) -> Result<Vec<u8>, EventError> {
         let writer = GenericDatumWriter::builder(self.schema)
             .build()
             .map_err(|e| EventError::Encode(e.to_string()))?;
         let datum = writer
-            .write_ser_to_vec(trigger)
+            .write_ser_to_vec(value)
             .map_err(|e| EventError::Encode(e.to_string()))?;
         Ok(match self.schema_id {
             Some(id) => {
@@ -178,6 +175,57 @@ impl TriggerEncoder {
             }
             None => datum,
         })
+    }
+}
+
+/// Encodes triggers, Confluent-framed when a schema id is configured.
+pub struct TriggerEncoder(DatumEncoder);
+
+impl TriggerEncoder {
+    pub fn new(schema_id: Option<u32>) -> Result<Self, EventError> {
+        let schema = embedded(&TRIGGER_SCHEMA, "reactivation_trigger", TRIGGER_SCHEMA_JSON)?;
+        Ok(TriggerEncoder(DatumEncoder { schema, schema_id }))
+    }
+
+    pub fn encode(&self, trigger: &ReactivationTrigger) -> Result<Vec<u8>, EventError> {
+        self.0.encode(trigger)
+    }
+}
+
+/// Encodes audit records, Confluent-framed when a schema id is configured.
+pub struct AuditEncoder(DatumEncoder);
+
+impl AuditEncoder {
+    pub fn new(schema_id: Option<u32>) -> Result<Self, EventError> {
+        let schema = embedded(&AUDIT_SCHEMA, "audit_record", AUDIT_SCHEMA_JSON)?;
+        Ok(AuditEncoder(DatumEncoder { schema, schema_id }))
+    }
+
+    pub fn encode(&self, record: &AuditRecord) -> Result<Vec<u8>, EventError> {
+        self.0.encode(record)
+    }
+}
+
+/// Decodes audit records, framed or plain.
+pub struct AuditDecoder {
+    reader: GenericDatumReader<'static>,
+}
+
+impl AuditDecoder {
+    pub fn new() -> Result<Self, EventError> {
+        let schema = embedded(&AUDIT_SCHEMA, "audit_record", AUDIT_SCHEMA_JSON)?;
+        let reader =
+            GenericDatumReader::builder(schema)
+                .build()
+                .map_err(|e| EventError::Schema {
+                    name: "audit_record",
+                    source: Box::new(e),
+                })?;
+        Ok(AuditDecoder { reader })
+    }
+
+    pub fn decode(&self, payload: &[u8]) -> Result<AuditRecord, EventError> {
+        decode_payload(&self.reader, &[], usize::MAX, payload)
     }
 }
 
@@ -290,6 +338,7 @@ mod tests {
             lifecycle_stage: "at_risk".into(),
             features: BTreeMap::from([("active_days".to_string(), 4.0)]),
             schema_version: crate::TRIGGER_SCHEMA_VERSION,
+            rule_config_hash: "00ff".into(),
         };
         let framed = TriggerEncoder::new(Some(9))
             .expect("encoder")
@@ -305,6 +354,35 @@ mod tests {
             .expect("datum");
         let back: ReactivationTrigger = apache_avro::from_value(&value).expect("shape");
         assert_eq!(back, trigger);
+    }
+
+    #[test]
+    fn audit_records_round_trip_with_and_without_a_release_time() {
+        let trigger = ReactivationTrigger {
+            trigger_id: "t".into(),
+            user_id: "u".into(),
+            rule_id: "dormant_30d".into(),
+            fired_at_ms: 3,
+            due_at_ms: 2,
+            last_active_ms: 1,
+            lifecycle_stage: "dormant".into(),
+            features: BTreeMap::from([("inactive_days".to_string(), 30.0)]),
+            schema_version: crate::TRIGGER_SCHEMA_VERSION,
+            rule_config_hash: "abc".into(),
+        };
+        let encoder = AuditEncoder::new(None).expect("encoder");
+        let decoder = AuditDecoder::new().expect("decoder");
+        for release_at_ms in [None, Some(1_700_000_000_000)] {
+            let record = AuditRecord {
+                trigger: trigger.clone(),
+                decision: "deferred".into(),
+                reason: "quiet_hours".into(),
+                release_at_ms,
+                group: "treatment".into(),
+            };
+            let bytes = encoder.encode(&record).expect("encodes");
+            assert_eq!(decoder.decode(&bytes).expect("decodes"), record);
+        }
     }
 
     proptest! {

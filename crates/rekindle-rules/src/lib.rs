@@ -1,21 +1,46 @@
-//! Lapse detection as pure functions.
+//! Rules and delivery policies as pure functions.
 //!
 //! Nothing here does IO, reads a clock or spawns a task: every function is given the user's
 //! [`UserProfile`], the event or the time ("now", from the pipeline clock) and its
 //! configuration, and returns what changed. This is what makes a replay of the same log give
-//! the same triggers as the live run, and what makes the arithmetic easy to property-test.
+//! the same triggers and decisions as the live run, and what makes the arithmetic easy to
+//! property-test.
+//!
+//! [`RuleBook`] is the entry point: rules ([`RuleKind`]) propose triggers, the lifecycle
+//! gives every user a stage, and the policies (cooldown, frequency cap, priority, quiet
+//! hours, holdout, opt-out) decide what goes out; every decision carries its explanation.
 
+mod book;
+mod config;
+mod decision;
+mod engagement_drop;
 mod error;
-mod lapsed;
+mod new_user;
+mod policy;
 mod profile;
+mod rule;
+mod silence;
 mod stage;
 mod trigger_id;
 mod window;
 
+#[cfg(test)]
+mod tests;
+
+pub use book::{Activity, RuleBook};
+pub use config::{
+    AttributionConfig, FrequencyCapConfig, HoldoutConfig, LifecycleConfig, PolicyConfig,
+    QuietHoursConfig, RuleBookConfig, RuleConfig, RuleKind, RuleMode,
+};
+pub use decision::{Decision, Outcome, Reason, Verdict};
 pub use error::RulesError;
-pub use lapsed::{LapsedConfig, LapsedRule};
-pub use profile::{Bucket, LapseEpisode, UserProfile};
-pub use stage::LifecycleStage;
+pub use policy::{time_zone, Holdout, QuietHours};
+pub use profile::{
+    Attribution, Bucket, BucketSums, DecisionNote, Deferred, Group, RuleMemory, StageMemory,
+    UserProfile, RECENT_DECISIONS,
+};
+pub use rule::Rule;
+pub use stage::{Lifecycle, LifecycleStage, StageChange};
 pub use trigger_id::trigger_id;
 pub use window::{WindowConfig, Windows};
 

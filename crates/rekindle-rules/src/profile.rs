@@ -1,6 +1,7 @@
+use rekindle_events::ReactivationTrigger;
 use serde::{Deserialize, Serialize};
 
-use crate::Windows;
+use crate::{LifecycleStage, Windows};
 
 /// Activity in one bucket (a UTC day by default). A bucket exists only if the user was active
 /// in it, so presence is the active flag.
@@ -12,12 +13,71 @@ pub struct Bucket {
     pub amount: f64,
 }
 
-/// What the lapse rule remembers between evaluations.
+/// What one rule remembers about one user.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct LapseEpisode {
-    /// The `last_active_ms` of the episode whose trigger already fired, so that one episode
-    /// never fires twice, whatever replays or late events do.
-    pub fired_episode_ms: Option<i64>,
+pub struct RuleMemory {
+    pub rule: String,
+    /// The episode this rule last fired for (its start: last activity, first activity or
+    /// the day boundary, by kind), so that one episode never fires twice, whatever replays
+    /// or late events do.
+    pub episode_ms: i64,
+    /// Pipeline clock when that episode fired.
+    pub fired_at_ms: i64,
+    /// When a trigger of this rule last went out (or would have, for a held-out user): the
+    /// start of the rule's cooldown.
+    pub last_sent_ms: Option<i64>,
+}
+
+/// A trigger held back by quiet hours.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Deferred {
+    pub trigger: ReactivationTrigger,
+    pub priority: i32,
+    /// The end of the quiet hours, when it goes out unless the user returned first.
+    pub release_ms: i64,
+}
+
+/// Whether a user receives triggers or is held out to measure their effect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Group {
+    Treatment,
+    Holdout,
+}
+
+impl Group {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Group::Treatment => "treatment",
+            Group::Holdout => "holdout",
+        }
+    }
+}
+
+/// The latest trigger sent (or held out) for a user, waiting for the user to come back.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attribution {
+    pub rule: String,
+    pub group: Group,
+    pub at_ms: i64,
+}
+
+/// One of a user's latest decisions, kept for `rekindle inspect`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DecisionNote {
+    pub rule: String,
+    pub at_ms: i64,
+    /// `sent`, or the verdict and reason, e.g. `suppressed:capped`.
+    pub outcome: String,
+}
+
+/// How many decisions a profile remembers.
+pub const RECENT_DECISIONS: usize = 8;
+
+/// The user's lifecycle stage and since when.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StageMemory {
+    pub stage: LifecycleStage,
+    pub since_ms: i64,
 }
 
 /// Everything rekindle keeps about one user.
@@ -29,10 +89,22 @@ pub struct UserProfile {
     pub last_active_ms: i64,
     /// Active buckets, ascending by index, at most `retained` of them ending with the latest.
     pub buckets: Vec<Bucket>,
-    pub lapse: LapseEpisode,
     /// The time of this user's single entry in the timer index, if any. Kept here so the
     /// entry can be found and removed without searching the index.
     pub wake_at_ms: Option<i64>,
+    /// `None` until the first activity.
+    pub stage: Option<StageMemory>,
+    /// Per-rule episode memory, one entry per rule that ever fired for the user.
+    pub rules: Vec<RuleMemory>,
+    /// Times of the triggers sent (or held out) inside the frequency-cap window, oldest first.
+    pub sent_ms: Vec<i64>,
+    pub deferred: Option<Deferred>,
+    pub attribution: Option<Attribution>,
+    /// The IANA zone named by the user's latest event that named a valid one.
+    pub timezone: Option<String>,
+    pub opted_out: bool,
+    /// Latest decisions, oldest first, at most [`RECENT_DECISIONS`].
+    pub recent: Vec<DecisionNote>,
 }
 
 /// What recording one activity did to the profile.
@@ -57,6 +129,35 @@ pub struct BucketSums {
 impl UserProfile {
     pub fn has_activity(&self) -> bool {
         self.last_active_ms > 0
+    }
+
+    pub fn memory(&self, rule: &str) -> Option<&RuleMemory> {
+        self.rules.iter().find(|m| m.rule == rule)
+    }
+
+    pub fn memory_mut(&mut self, rule: &str) -> &mut RuleMemory {
+        let at = match self.rules.iter().position(|m| m.rule == rule) {
+            Some(at) => at,
+            None => {
+                self.rules.push(RuleMemory {
+                    rule: rule.to_string(),
+                    ..RuleMemory::default()
+                });
+                self.rules.len() - 1
+            }
+        };
+        &mut self.rules[at]
+    }
+
+    pub fn note(&mut self, rule: &str, at_ms: i64, outcome: String) {
+        if self.recent.len() >= RECENT_DECISIONS {
+            self.recent.remove(0);
+        }
+        self.recent.push(DecisionNote {
+            rule: rule.to_string(),
+            at_ms,
+            outcome,
+        });
     }
 
     pub fn latest_bucket(&self) -> Option<i64> {

@@ -24,6 +24,8 @@ pub struct PartitionState {
     meta: PartitionMeta,
     has_meta: bool,
     profiles: HashMap<String, UserProfile>,
+    /// Users deleted this batch: their profiles are removed at flush.
+    deleted: HashSet<String>,
     timers_added: BTreeSet<(i64, String)>,
     timers_deleted: HashSet<(i64, String)>,
     /// Every stored timer up to this time has been handed out (and so deleted) this batch,
@@ -42,6 +44,7 @@ impl PartitionState {
             meta: stored.unwrap_or_default(),
             has_meta: stored.is_some(),
             profiles: HashMap::new(),
+            deleted: HashSet::new(),
             timers_added: BTreeSet::new(),
             timers_deleted: HashSet::new(),
             scanned_through: None,
@@ -75,13 +78,34 @@ impl PartitionState {
         self.meta.clock_ms = clock_ms;
     }
 
+    /// Applies a lifecycle stage change to the partition's per-stage user counts.
+    pub fn count_stage_change(&mut self, from: Option<usize>, to: Option<usize>) {
+        if let Some(slot) = from.and_then(|i| self.meta.stage_users.get_mut(i)) {
+            *slot = slot.saturating_sub(1);
+        }
+        if let Some(slot) = to.and_then(|i| self.meta.stage_users.get_mut(i)) {
+            *slot = slot.saturating_add(1);
+        }
+    }
+
+    /// Forgets a user: the profile is removed at flush. The caller removes the user's timer
+    /// (it knows the time from the profile).
+    pub fn delete_profile(&mut self, user_id: &str) {
+        self.profiles.remove(user_id);
+        self.deleted.insert(user_id.to_string());
+    }
+
     /// The user's profile, loaded once per batch and written back at flush.
     pub fn profile_mut(&mut self, user_id: &str) -> Result<&mut UserProfile, StateError> {
         if !self.profiles.contains_key(user_id) {
-            let stored = self
-                .store
-                .profile(self.partition, user_id)?
-                .unwrap_or_default();
+            // A user deleted earlier in this batch starts afresh, whatever is stored.
+            let stored = if self.deleted.remove(user_id) {
+                UserProfile::default()
+            } else {
+                self.store
+                    .profile(self.partition, user_id)?
+                    .unwrap_or_default()
+            };
             self.profiles.insert(user_id.to_string(), stored);
         }
         self.profiles.get_mut(user_id).ok_or(StateError::Corrupt {
@@ -172,6 +196,9 @@ impl PartitionState {
             })?;
             batch.put_cf(profiles_cf, profile_key(self.partition, user), value);
         }
+        for user in &self.deleted {
+            batch.delete_cf(profiles_cf, profile_key(self.partition, user));
+        }
         for (due, user) in &self.timers_deleted {
             batch.delete_cf(timers_cf, timer_key(self.partition, *due, user));
         }
@@ -187,6 +214,7 @@ impl PartitionState {
         }
         self.store.db().write(batch)?;
         self.profiles.clear();
+        self.deleted.clear();
         self.timers_added.clear();
         self.timers_deleted.clear();
         self.scanned_through = None;
@@ -237,6 +265,31 @@ mod tests {
             store.count_timers(2).expect("count"),
             0,
             "partitions do not see each other"
+        );
+    }
+
+    #[test]
+    fn deleted_profiles_are_removed_at_flush_and_restart_empty() {
+        let (_dir, store) = store();
+        let mut p = PartitionState::open(&store, 0).expect("open");
+        p.profile_mut("carol").expect("profile").last_active_ms = 9;
+        p.count_stage_change(None, Some(1));
+        p.flush().expect("flush");
+        p.delete_profile("carol");
+        p.count_stage_change(Some(1), None);
+        p.flush().expect("flush");
+        assert_eq!(store.profile(0, "carol").expect("read"), None);
+        // Deleted, then seen again in the same batch: a fresh profile, not the stored one.
+        let mut p = PartitionState::open(&store, 0).expect("open");
+        p.profile_mut("dave").expect("profile").last_active_ms = 5;
+        p.flush().expect("flush");
+        p.delete_profile("dave");
+        assert_eq!(p.profile_mut("dave").expect("profile").last_active_ms, 0);
+        assert_eq!(p.meta().stage_users, [0; 5]);
+        assert_eq!(
+            store.partitions().expect("partitions"),
+            Vec::<u32>::new(),
+            "no offsets yet"
         );
     }
 

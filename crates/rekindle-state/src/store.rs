@@ -15,7 +15,7 @@ pub(crate) const CF_PROFILES: &str = "profiles";
 pub(crate) const CF_TIMERS: &str = "timers";
 pub(crate) const CF_META: &str = "meta";
 /// Bumped whenever a key or value layout changes incompatibly.
-const FORMAT_VERSION: u32 = 1;
+const FORMAT_VERSION: u32 = 2;
 const FORMAT_KEY: &[u8] = b"format_version";
 
 /// Tuning that reaches RocksDB.
@@ -40,6 +40,9 @@ pub struct PartitionMeta {
     pub next_offset: i64,
     /// The partition's pipeline clock: the largest event or tick time processed.
     pub clock_ms: i64,
+    /// Users per lifecycle stage (indexed by `LifecycleStage::index`), kept exact by
+    /// applying every stage change in the same batch as the profile that changed.
+    pub stage_users: [i64; 5],
 }
 
 /// Size figures for metrics.
@@ -77,6 +80,44 @@ impl Store {
         let store = Store { db: Arc::new(db) };
         store.check_format()?;
         Ok(store)
+    }
+
+    /// Opens a database another process may be writing, for inspection: reads see the
+    /// state as of opening.
+    pub fn open_read_only(path: &Path) -> Result<Store, StateError> {
+        let cfs = [CF_PROFILES, CF_TIMERS, CF_META];
+        let db = DB::open_cf_for_read_only(&Options::default(), path, cfs, false)?;
+        let store = Store { db: Arc::new(db) };
+        let meta = store.cf(CF_META)?;
+        let found = store
+            .db
+            .get_pinned_cf(meta, FORMAT_KEY)?
+            .and_then(|b| <[u8; 4]>::try_from(b.as_ref()).ok())
+            .map_or(0, u32::from_be_bytes);
+        if found != FORMAT_VERSION {
+            return Err(StateError::FormatVersion {
+                found,
+                expected: FORMAT_VERSION,
+            });
+        }
+        Ok(store)
+    }
+
+    /// Partitions this store holds state for.
+    pub fn partitions(&self) -> Result<Vec<u32>, StateError> {
+        let mut found = Vec::new();
+        for entry in self.db.iterator_cf(self.cf(CF_META)?, IteratorMode::Start) {
+            let (key, _) = entry?;
+            if let Ok(bytes) = <[u8; 4]>::try_from(key.as_ref()) {
+                found.push(u32::from_be_bytes(bytes));
+            }
+        }
+        Ok(found)
+    }
+
+    /// The stored timer entry of one user, found through their profile.
+    pub fn wake_of(&self, partition: u32, user_id: &str) -> Result<Option<i64>, StateError> {
+        Ok(self.profile(partition, user_id)?.and_then(|p| p.wake_at_ms))
     }
 
     fn check_format(&self) -> Result<(), StateError> {

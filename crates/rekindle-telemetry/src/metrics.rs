@@ -31,6 +31,12 @@ pub struct Metrics {
     pub clock_time: GaugeVec,
     pub clock_lag: GaugeVec,
     pub triggers_fired: IntCounterVec,
+    pub suppressed: IntCounterVec,
+    pub reactivations: IntCounterVec,
+    pub attributable: IntCounterVec,
+    pub stage_transitions: IntCounterVec,
+    pub stage_users: IntGaugeVec,
+    pub audit_acked: IntCounter,
     pub triggers_acked: IntCounter,
     pub trigger_latency: Histogram,
     pub producer_in_flight: IntGauge,
@@ -48,7 +54,12 @@ pub struct PartitionSeries {
     pub received: IntCounter,
     pub processed: IntCounter,
     pub clock_time: Gauge,
+    /// Users per lifecycle stage, in `LifecycleStage::index` order.
+    pub stage_users: [IntGauge; 5],
 }
+
+/// Stage label values in `LifecycleStage::index` order.
+const STAGES: [&str; 5] = ["new", "active", "at_risk", "dormant", "churned"];
 
 struct Builder {
     registry: Registry,
@@ -170,6 +181,35 @@ impl Metrics {
                 "Triggers fired, by rule.",
                 &["rule"],
             )?,
+            suppressed: b.counter_vec(
+                "rekindle_policy_decisions_not_sent_total",
+                "Triggers a rule fired that did not go out, by rule, decision (suppressed, deferred, cancelled) and reason.",
+                &["rule", "decision", "reason"],
+            )?,
+            reactivations: b.counter_vec(
+                "rekindle_policy_reactivations_total",
+                "Triggered (treatment) or held-out (holdout) users active again within the attribution window, by rule.",
+                &["rule", "group"],
+            )?,
+            attributable: b.counter_vec(
+                "rekindle_policy_attributable_total",
+                "Triggers delivered (treatment) or held out (holdout), by rule: the denominators of reactivation rates.",
+                &["rule", "group"],
+            )?,
+            stage_transitions: b.counter_vec(
+                "rekindle_lifecycle_transitions_total",
+                "Lifecycle stage changes; \"none\" is a user before their first activity or after deletion.",
+                &["from", "to"],
+            )?,
+            stage_users: b.gauge_vec(
+                "rekindle_lifecycle_users",
+                "Users per lifecycle stage in each owned partition, at the last commit; sum over partitions.",
+                &["partition", "stage"],
+            )?,
+            audit_acked: b.counter(
+                "rekindle_emit_audit_records_acked_total",
+                "Audit records acknowledged by the broker.",
+            )?,
             triggers_acked: b.counter(
                 "rekindle_emit_triggers_acked_total",
                 "Triggers acknowledged by the broker.",
@@ -222,7 +262,23 @@ impl Metrics {
                 .events_processed
                 .with_label_values(&[topic, label.as_str()]),
             clock_time: self.clock_time.with_label_values(&[label.as_str()]),
+            stage_users: STAGES
+                .map(|stage| self.stage_users.with_label_values(&[label.as_str(), stage])),
         }
+    }
+
+    /// Drops a partition's per-partition gauges when it moves to another worker, so that
+    /// sums over workers count each partition once.
+    pub fn forget_partition(&self, partition: u32) {
+        let label = partition.to_string();
+        for stage in STAGES {
+            let _ = self
+                .stage_users
+                .remove_label_values(&[label.as_str(), stage]);
+        }
+        let _ = self.clock_time.remove_label_values(&[label.as_str()]);
+        let _ = self.clock_lag.remove_label_values(&[label.as_str()]);
+        let _ = self.consumer_lag.remove_label_values(&[label.as_str()]);
     }
 
     /// The Prometheus text exposition of every metric.

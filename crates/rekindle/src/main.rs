@@ -2,6 +2,7 @@
 
 mod dead_letter;
 mod generate;
+mod inspect;
 mod observe;
 mod replay;
 mod run;
@@ -31,12 +32,16 @@ struct Cli {
 enum Command {
     /// Run the worker: consume activity, keep state, emit triggers.
     Run,
-    /// Run the same engine over a JSON-lines file, with no broker; prints triggers as JSON.
+    /// Run the same engine over a JSON-lines file, with no broker; prints triggers as JSON
+    /// (--audit: and the decisions that sent nothing; --rules, --compare: try rule changes).
     Replay(replay::ReplayArgs),
     /// Generate synthetic activity to a topic or a file.
     Gen(generate::GenArgs),
     /// Print records of the trigger topic as JSON lines.
     Tail(tail::TailArgs),
+    /// Print one user's state, stage, pending timers and recent decisions from a state
+    /// directory (read-only; safe beside a running worker).
+    Inspect(inspect::InspectArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -49,6 +54,7 @@ fn main() -> std::process::ExitCode {
             Command::Replay(args) => replay::replay(&settings, &args),
             Command::Gen(args) => generate::generate(&settings, &args),
             Command::Tail(args) => wiring::runtime()?.block_on(tail::tail(&settings, &args)),
+            Command::Inspect(args) => inspect::inspect(&settings, &args),
         }
     })();
     match result {

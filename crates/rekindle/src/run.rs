@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use rekindle_engine::{Disposition, Record, RecordKind};
-use rekindle_events::{EventError, ReactivationTrigger, TriggerEncoder};
+use rekindle_engine::{Disposition, Emitted, Record, RecordKind};
+use rekindle_events::{AuditEncoder, EventError, TriggerEncoder};
 use rekindle_kafka::{
     admin, source_record, tick_time, Assignment, ClockTicker, Outgoing, ResumeLookup, Sink, Source,
     SourceRecord,
@@ -41,10 +41,19 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         admin::ensure_topics(
             &kafka,
             &[
-                (&settings.kafka.activity_topic, partitions),
-                (&settings.kafka.trigger_topic, partitions),
-                (&settings.kafka.dead_letter_topic, partitions),
-            ],
+                (settings.kafka.activity_topic.as_str(), partitions),
+                (settings.kafka.trigger_topic.as_str(), partitions),
+                (settings.kafka.dead_letter_topic.as_str(), partitions),
+            ]
+            .into_iter()
+            .chain(
+                settings
+                    .kafka
+                    .audit_topic
+                    .as_deref()
+                    .map(|t| (t, partitions)),
+            )
+            .collect::<Vec<_>>(),
         )
         .await
         .context("creating topics")?;
@@ -60,6 +69,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         metrics.clone(),
     )?;
     let encoder = TriggerEncoder::new(settings.codec.trigger_schema_id)?;
+    let audit_encoder = AuditEncoder::new(settings.codec.audit_schema_id)?;
 
     let owned: Arc<Mutex<BTreeSet<u32>>> = Arc::default();
     let resume_store = store.clone();
@@ -123,7 +133,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         "worker started"
     );
     let mut last_progress = Instant::now();
-    let mut triggers: Vec<ReactivationTrigger> = Vec::new();
+    let mut emitted = Emitted::default();
     let mut batch_no: u64 = 0;
     while !*shutdown.borrow() {
         let batch = source
@@ -167,7 +177,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
                 }
                 debug!(?ranges, "batch offsets");
             }
-            triggers.clear();
+            emitted.clear();
             let mut rejected: Vec<(SourceRecord<'_>, EventError)> = Vec::new();
             for message in &batch {
                 let record = source_record(message);
@@ -183,7 +193,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
                     RecordKind::Avro { payload: record.payload, timestamp_ms: record.timestamp_ms }
                 };
                 let disposition =
-                    engine.process(Record { partition: record.partition, offset: record.offset, kind }, &mut triggers)?;
+                    engine.process(Record { partition: record.partition, offset: record.offset, kind }, &mut emitted)?;
                 match disposition {
                     Disposition::Rejected(error) => rejected.push((record, error)),
                     Disposition::Applied { event_ms: Some(event_ms) } => {
@@ -192,8 +202,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
                     Disposition::Applied { event_ms: None } | Disposition::Skipped => {}
                 }
             }
+            let triggers = &emitted.triggers;
             let mut encoded: Vec<Vec<u8>> = Vec::with_capacity(triggers.len());
-            for trigger in &triggers {
+            for trigger in triggers {
                 encoded.push(encoder.encode(trigger)?);
                 debug!(trigger_id = %trigger.trigger_id, user_id = %trigger.user_id, rule = %trigger.rule_id, "trigger fired");
             }
@@ -204,14 +215,30 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
                 payload,
                 headers: Vec::new(),
             });
+            // Without an audit topic, audit records are only counted (and logged at debug).
+            let mut audit_encoded: Vec<(&str, Vec<u8>)> = Vec::new();
+            for record in &emitted.audit {
+                debug!(trigger_id = %record.trigger.trigger_id, rule = %record.trigger.rule_id, decision = %record.decision, reason = %record.reason, "trigger not sent");
+                if settings.kafka.audit_topic.is_some() {
+                    audit_encoded.push((record.trigger.user_id.as_str(), audit_encoder.encode(record)?));
+                }
+            }
+            let audit_count = audit_encoded.len();
+            let audit_topic = settings.kafka.audit_topic.as_deref().unwrap_or_default();
+            let audit = audit_encoded.iter().map(|(user, payload)| Outgoing {
+                topic: audit_topic,
+                key: Some(user.as_bytes()),
+                payload,
+                headers: Vec::new(),
+            });
             let dead = rejected.iter().map(|(record, error)| {
                 dead_letter(&settings.kafka.dead_letter_topic, &settings.kafka.activity_topic, record, error)
             });
             // Dead letters and triggers are both acknowledged before the batch's state and
             // offsets are committed: neither can be lost by a crash.
             let sent = sink
-                .send_all(dead.chain(outgoing))
-                .instrument(info_span!("emit", triggers = triggers.len(), dead_letters = rejected.len()))
+                .send_all(dead.chain(outgoing).chain(audit))
+                .instrument(info_span!("emit", triggers = triggers.len(), audit = audit_count, dead_letters = rejected.len()))
                 .await;
             let acked = match sent {
                 Ok(acked) => acked,
@@ -221,14 +248,15 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
                 }
             };
             let acked_at = wall_ms();
-            for trigger in &triggers {
+            for trigger in triggers {
                 metrics.trigger_latency.observe(seconds_between(trigger.due_at_ms, acked_at));
             }
             for (_, error) in &rejected {
                 metrics.dead_letters.with_label_values(&[error.kind()]).inc();
             }
-            let acked = acked - rejected.len();
+            let acked = acked.saturating_sub(rejected.len() + audit_count);
             metrics.triggers_acked.inc_by(acked as u64);
+            metrics.audit_acked.inc_by(audit_count as u64);
             engine.commit()?;
             if let Err(e) = source.commit_progress(&engine.positions()) {
                 // Progress reporting only: the stored offsets are what a restart uses.

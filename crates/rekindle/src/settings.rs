@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 use config::{Config, Environment, File, FileFormat};
-use rekindle_rules::{LapsedConfig, LapsedRule, WindowConfig, Windows};
+use rekindle_rules::{
+    LifecycleConfig, PolicyConfig, RuleBook, RuleBookConfig, RuleConfig, WindowConfig, Windows,
+};
 use serde::Deserialize;
 
 pub const DEFAULTS: &str = include_str!("defaults.toml");
@@ -20,7 +22,10 @@ pub struct Settings {
     pub clock: ClockConfig,
     pub pipeline: PipelineConfig,
     pub codec: CodecConfig,
-    pub rules: RulesConfig,
+    /// `[rules.<id>]`: every configured rule, by id.
+    pub rules: BTreeMap<String, RuleConfig>,
+    pub lifecycle: LifecycleConfig,
+    pub policy: PolicyConfig,
     pub log: LogConfig,
     pub http: HttpConfig,
 }
@@ -40,6 +45,9 @@ pub struct KafkaConfig {
     pub activity_topic: String,
     pub trigger_topic: String,
     pub dead_letter_topic: String,
+    /// Decisions that did not send a trigger go here when set.
+    #[serde(default)]
+    pub audit_topic: Option<String>,
     pub create_topics: bool,
     pub create_partitions: i32,
     #[serde(default)]
@@ -87,14 +95,10 @@ pub struct CodecConfig {
     #[serde(default)]
     pub trigger_schema_id: Option<u32>,
     #[serde(default)]
+    pub audit_schema_id: Option<u32>,
+    #[serde(default)]
     pub accepted_activity_schema_ids: Vec<u32>,
     pub max_record_bytes: usize,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RulesConfig {
-    pub lapsed_7d: LapsedConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -158,7 +162,15 @@ impl Settings {
         if self.log.format != "pretty" && self.log.format != "json" {
             return fail("log.format", "must be \"pretty\" or \"json\"");
         }
-        self.lapsed_rule()?;
+        if self
+            .kafka
+            .audit_topic
+            .as_deref()
+            .is_some_and(|t| t.trim().is_empty())
+        {
+            return fail("kafka.audit_topic", "must not be empty when set");
+        }
+        self.rule_book()?;
         Ok(())
     }
 
@@ -170,9 +182,51 @@ impl Settings {
         Windows::new(&config).map_err(|e| anyhow!("invalid configuration: {e}"))
     }
 
-    pub fn lapsed_rule(&self) -> anyhow::Result<LapsedRule> {
-        LapsedRule::new("lapsed_7d", &self.rules.lapsed_7d, self.windows()?)
+    pub fn rule_book_config(&self) -> RuleBookConfig {
+        RuleBookConfig {
+            rules: self.rules.clone(),
+            lifecycle: self.lifecycle.clone(),
+            policy: self.policy.clone(),
+        }
+    }
+
+    pub fn rule_book(&self) -> anyhow::Result<RuleBook> {
+        RuleBook::new(self.windows()?, &self.rule_book_config())
             .map_err(|e| anyhow!("invalid configuration: {e}"))
+    }
+
+    /// Replaces the rules, lifecycle and policy sections with those of a rules file (the
+    /// same TOML layout, only those sections): `replay --rules` and `--compare`.
+    pub fn with_rules_file(&self, path: &Path) -> anyhow::Result<Settings> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct RulesFile {
+            #[serde(default)]
+            rules: BTreeMap<String, RuleConfig>,
+            #[serde(default)]
+            lifecycle: Option<LifecycleConfig>,
+            #[serde(default)]
+            policy: Option<PolicyConfig>,
+        }
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading rules file {}", path.display()))?;
+        let file: RulesFile = Config::builder()
+            .add_source(File::from_str(&text, FileFormat::Toml))
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .map_err(|e| anyhow!("invalid rules file {}: {e}", path.display()))?;
+        let mut settings = self.clone();
+        settings.rules = file.rules;
+        if let Some(lifecycle) = file.lifecycle {
+            settings.lifecycle = lifecycle;
+        }
+        if let Some(policy) = file.policy {
+            settings.policy = policy;
+        }
+        settings
+            .rule_book()
+            .with_context(|| format!("in rules file {}", path.display()))?;
+        Ok(settings)
     }
 
     pub fn max_future_skew_ms(&self) -> i64 {
@@ -194,19 +248,43 @@ mod tests {
     #[test]
     fn defaults_load_and_validate() {
         let s = Settings::load(None).expect("defaults are valid");
-        assert_eq!(s.rules.lapsed_7d.min_active_days, 3);
+        let lapsed = &s.rules["lapsed_7d"];
+        assert_eq!(lapsed.min_active_days, Some(3));
+        assert_eq!(lapsed.inactive_for, Some(Duration::from_secs(7 * 86_400)));
+        let book = s.rule_book().expect("default rules are valid");
+        let ids: Vec<&str> = book.rules().iter().map(|r| r.id()).collect();
         assert_eq!(
-            s.rules.lapsed_7d.inactive_for,
-            Duration::from_secs(7 * 86_400)
+            ids,
+            vec![
+                "new_user_no_return",
+                "lapsed_7d",
+                "engagement_drop",
+                "dormant_30d"
+            ],
+            "highest priority first"
         );
         assert_eq!(s.state.retained_buckets, 35);
     }
 
     #[test]
     fn file_overrides_defaults() {
-        let s = with_file("[rules.lapsed_7d]\ninactive_for = \"7s\"\nlookback = \"30s\"\nmin_active_days = 3\n[state]\nbucket_width = \"1s\"\n")
+        let s = with_file("[rules.lapsed_7d]\ninactive_for = \"5d\"\n[rules.mine]\nkind = \"dormant\"\ninactive_for = \"20d\"\n[rules.dormant_30d]\nmode = \"off\"\n")
             .expect("valid");
-        assert_eq!(s.rules.lapsed_7d.inactive_for, Duration::from_secs(7));
+        assert_eq!(
+            s.rules["lapsed_7d"].inactive_for,
+            Some(Duration::from_secs(5 * 86_400))
+        );
+        assert_eq!(
+            s.rules["lapsed_7d"].min_active_days,
+            Some(3),
+            "merged key by key"
+        );
+        let book = s.rule_book().expect("valid");
+        let ids: Vec<&str> = book.rules().iter().map(|r| r.id()).collect();
+        assert!(
+            ids.contains(&"mine") && !ids.contains(&"dormant_30d"),
+            "{ids:?}"
+        );
         assert_eq!(s.kafka.group_id, "rekindle");
     }
 
@@ -226,6 +304,20 @@ mod tests {
         let err = with_file("[rules.lapsed_7d]\nlookback = \"90d\"\n").expect_err("too long");
         assert!(
             err.to_string().contains("rules.lapsed_7d.lookback"),
+            "{err}"
+        );
+        let err = with_file("[rules.lapsed_7d]\nreturn_within = \"1d\"\n").expect_err("wrong kind");
+        assert!(
+            err.to_string().contains("rules.lapsed_7d.return_within"),
+            "{err}"
+        );
+        let err = with_file(
+            "[policy.quiet_hours]\nenabled = true\ndefault_timezone = \"Nowhere/Else\"\n",
+        )
+        .expect_err("bad zone");
+        assert!(
+            err.to_string()
+                .contains("policy.quiet_hours.default_timezone"),
             "{err}"
         );
         let err = with_file("[log]\nformat = \"xml\"\n").expect_err("bad format");

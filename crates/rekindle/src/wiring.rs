@@ -1,7 +1,7 @@
 //! Builds the library pieces from settings: the one place that knows all of them.
 
 use anyhow::Context;
-use rekindle_engine::{Engine, EngineConfig, RuleSet};
+use rekindle_engine::{Engine, EngineConfig};
 use rekindle_events::EventDecoder;
 use rekindle_kafka::KafkaSettings;
 use rekindle_state::{Store, StoreOptions};
@@ -57,7 +57,7 @@ pub fn engine(
     )?;
     let config = EngineConfig {
         topic: source.to_string(),
-        rules: RuleSet::new(settings.windows()?, settings.lapsed_rule()?),
+        rules: settings.rule_book()?,
         decoder,
         max_future_skew_ms: settings.max_future_skew_ms(),
     };
@@ -74,6 +74,7 @@ pub fn log_stats(message: &str, engine: &Engine) {
         ticks = s.ticks,
         skipped_replayed = s.skipped_replayed,
         triggers = s.triggers,
+        not_sent = s.suppressed,
         "{message}"
     );
 }

@@ -1,0 +1,357 @@
+//! The rules and the policies together: the one place that decides, for one user at one
+//! moment, what fires and what goes out.
+
+use rekindle_events::{ReactivationTrigger, TRIGGER_SCHEMA_VERSION};
+
+use crate::error::invalid;
+use crate::policy::{time_zone, Holdout, QuietHours};
+use crate::rule::{Candidate, Rule};
+use crate::{
+    trigger_id, Attribution, Decision, Deferred, Group, Lifecycle, Outcome, Reason, RuleBookConfig,
+    RuleMode, RulesError, UserProfile, Verdict, Windows,
+};
+
+/// One activity as the rules see it.
+#[derive(Debug, Clone, Copy)]
+pub struct Activity<'a> {
+    pub timestamp_ms: i64,
+    pub session_seconds: u32,
+    pub amount: f64,
+    pub timezone: Option<&'a str>,
+}
+
+/// The validated rule set with its lifecycle and policies.
+#[derive(Debug, Clone)]
+pub struct RuleBook {
+    windows: Windows,
+    /// Highest priority first; ties by id, so the order never depends on the file's order.
+    rules: Vec<Rule>,
+    lifecycle: Lifecycle,
+    cap: Option<(usize, i64)>,
+    quiet: Option<QuietHours>,
+    holdout: Holdout,
+    attribution_ms: i64,
+}
+
+fn millis(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+impl RuleBook {
+    pub fn new(windows: Windows, config: &RuleBookConfig) -> Result<RuleBook, RulesError> {
+        let mut rules = config
+            .rules
+            .iter()
+            .map(|(id, rule)| Rule::new(id, rule, windows))
+            .collect::<Result<Vec<_>, _>>()?;
+        rules.retain(|r| r.mode() != RuleMode::Off);
+        rules.sort_by(|a, b| {
+            b.priority()
+                .cmp(&a.priority())
+                .then_with(|| a.id().cmp(b.id()))
+        });
+        let cap_config = &config.policy.frequency_cap;
+        let cap = if cap_config.max_triggers == 0 {
+            None
+        } else {
+            let window = millis(cap_config.window);
+            if window <= 0 {
+                return Err(invalid("policy.frequency_cap.window", "must be positive"));
+            }
+            Some((cap_config.max_triggers as usize, window))
+        };
+        let attribution_ms = millis(config.policy.attribution.window);
+        if attribution_ms <= 0 {
+            return Err(invalid("policy.attribution.window", "must be positive"));
+        }
+        Ok(RuleBook {
+            windows,
+            rules,
+            lifecycle: Lifecycle::new(&config.lifecycle, windows)?,
+            cap,
+            quiet: QuietHours::new(&config.policy.quiet_hours)?,
+            holdout: Holdout::new(&config.policy.holdout)?,
+            attribution_ms,
+        })
+    }
+
+    pub fn windows(&self) -> &Windows {
+        &self.windows
+    }
+
+    /// The rules that are evaluated (live or shadow), highest priority first.
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    pub fn lifecycle(&self) -> &Lifecycle {
+        &self.lifecycle
+    }
+
+    pub fn holdout_group(&self, user_id: &str) -> Group {
+        self.holdout.group(user_id)
+    }
+
+    /// Applies one activity, then evaluates the user at `now_ms` (the pipeline clock).
+    pub fn on_activity(
+        &self,
+        user_id: &str,
+        profile: &mut UserProfile,
+        activity: Activity<'_>,
+        now_ms: i64,
+        out: &mut Outcome,
+    ) {
+        if let Some(zone) = activity.timezone {
+            if profile.timezone.as_deref() != Some(zone) && time_zone(zone).is_some() {
+                profile.timezone = Some(zone.to_string());
+            }
+        }
+        let newer = activity.timestamp_ms > profile.last_active_ms;
+        profile.record_activity(
+            &self.windows,
+            activity.timestamp_ms,
+            activity.session_seconds,
+            activity.amount,
+        );
+        if newer {
+            // Exit on return: a trigger held back by quiet hours is moot once the user is back.
+            if let Some(deferred) = profile.deferred.take() {
+                self.decide(
+                    profile,
+                    deferred.trigger,
+                    Verdict::Cancelled(Reason::Returned),
+                    out,
+                );
+            }
+            if let Some(attribution) = profile.attribution.take() {
+                if activity.timestamp_ms <= attribution.at_ms {
+                    profile.attribution = Some(attribution);
+                } else if activity.timestamp_ms - attribution.at_ms <= self.attribution_ms {
+                    out.reactivated = Some(attribution);
+                }
+            }
+        }
+        self.evaluate(user_id, profile, now_ms, out);
+    }
+
+    /// An `opt_out` event: nothing goes out until `opt_in`; a deferred trigger is cancelled.
+    pub fn on_opt_out(&self, profile: &mut UserProfile, out: &mut Outcome) {
+        profile.opted_out = true;
+        if let Some(deferred) = profile.deferred.take() {
+            self.decide(
+                profile,
+                deferred.trigger,
+                Verdict::Cancelled(Reason::OptedOut),
+                out,
+            );
+        }
+    }
+
+    pub fn on_opt_in(&self, profile: &mut UserProfile) {
+        profile.opted_out = false;
+    }
+
+    /// A `user_deleted` event: reports what the deletion cancels; the caller then removes
+    /// the profile and its timer.
+    pub fn on_delete(&self, profile: &mut UserProfile, out: &mut Outcome) {
+        if let Some(mut deferred) = profile.deferred.take() {
+            // Nothing about a deleted user beyond their id leaves the pipeline.
+            deferred.trigger.features.clear();
+            self.decide(
+                profile,
+                deferred.trigger,
+                Verdict::Cancelled(Reason::UserDeleted),
+                out,
+            );
+        }
+        out.stage(profile.stage.map(|m| crate::StageChange {
+            from: Some(m.stage),
+            to: None,
+        }));
+    }
+
+    /// The user's timer fired: evaluate at `now_ms`.
+    pub fn on_wake(
+        &self,
+        user_id: &str,
+        profile: &mut UserProfile,
+        now_ms: i64,
+        out: &mut Outcome,
+    ) {
+        self.evaluate(user_id, profile, now_ms, out);
+    }
+
+    /// The next time this user needs looking at without new activity, strictly after
+    /// `now_ms`: the earliest rule deadline, stage change or deferred release.
+    pub fn next_wake(&self, profile: &UserProfile, now_ms: i64) -> Option<i64> {
+        let rules = self
+            .rules
+            .iter()
+            .filter_map(|r| r.candidate(profile, now_ms).map(|c| c.due_ms));
+        let stage = self.lifecycle.next_change(profile, now_ms);
+        let release = profile.deferred.as_ref().map(|d| d.release_ms);
+        rules
+            .chain(stage)
+            .chain(release)
+            .map(|t| t.max(now_ms.saturating_add(1)))
+            .min()
+    }
+
+    /// Each rule's next deadline for this user, if it has one: what `inspect` shows.
+    pub fn pending(&self, profile: &UserProfile, now_ms: i64) -> Vec<(&str, i64)> {
+        self.rules
+            .iter()
+            .filter_map(|r| r.candidate(profile, now_ms).map(|c| (r.id(), c.due_ms)))
+            .collect()
+    }
+
+    fn evaluate(&self, user_id: &str, profile: &mut UserProfile, now_ms: i64, out: &mut Outcome) {
+        out.stage(self.lifecycle.settle(profile, now_ms));
+        if profile
+            .deferred
+            .as_ref()
+            .is_some_and(|d| d.release_ms <= now_ms)
+        {
+            if let Some(deferred) = profile.deferred.take() {
+                let mut trigger = deferred.trigger;
+                trigger.fired_at_ms = now_ms;
+                if self.capped(profile, now_ms) {
+                    self.decide(profile, trigger, Verdict::Suppressed(Reason::Capped), out);
+                } else {
+                    self.deliver(user_id, profile, trigger, now_ms, out);
+                }
+            }
+        }
+        let mut slot_taken = profile.deferred.is_some();
+        for rule in &self.rules {
+            let Some(candidate) = rule
+                .candidate(profile, now_ms)
+                .filter(|c| c.due_ms <= now_ms)
+            else {
+                continue;
+            };
+            let trigger = self.explain(rule, user_id, profile, candidate, now_ms);
+            let memory = profile.memory_mut(rule.id());
+            memory.episode_ms = candidate.episode_ms;
+            memory.fired_at_ms = now_ms;
+            let in_cooldown = memory
+                .last_sent_ms
+                .is_some_and(|sent| now_ms < sent.saturating_add(rule.cooldown_ms()));
+            let verdict = if rule.mode() == RuleMode::Shadow {
+                Some(Reason::Shadow)
+            } else if slot_taken {
+                Some(Reason::Outranked)
+            } else if profile.opted_out {
+                Some(Reason::OptedOut)
+            } else if in_cooldown {
+                Some(Reason::Cooldown)
+            } else if self.capped(profile, now_ms) {
+                Some(Reason::Capped)
+            } else {
+                None
+            };
+            if let Some(reason) = verdict {
+                self.decide(profile, trigger, Verdict::Suppressed(reason), out);
+                continue;
+            }
+            slot_taken = true;
+            let release = self
+                .quiet
+                .as_ref()
+                .and_then(|q| q.release_at(profile.timezone.as_deref(), now_ms));
+            match release {
+                Some(release_ms) => {
+                    profile.deferred = Some(Deferred {
+                        trigger: trigger.clone(),
+                        priority: rule.priority(),
+                        release_ms,
+                    });
+                    self.decide(profile, trigger, Verdict::Deferred { release_ms }, out);
+                }
+                None => self.deliver(user_id, profile, trigger, now_ms, out),
+            }
+        }
+    }
+
+    /// Whether the user already had the cap's worth of triggers in its window.
+    fn capped(&self, profile: &UserProfile, now_ms: i64) -> bool {
+        self.cap.is_some_and(|(max, window)| {
+            profile
+                .sent_ms
+                .iter()
+                .filter(|t| now_ms.saturating_sub(**t) < window)
+                .count()
+                >= max
+        })
+    }
+
+    /// The last step: the holdout group decides between sending and recording. Either way
+    /// it counts for caps, cooldowns and attribution, so both groups are treated alike.
+    fn deliver(
+        &self,
+        user_id: &str,
+        profile: &mut UserProfile,
+        trigger: ReactivationTrigger,
+        now_ms: i64,
+        out: &mut Outcome,
+    ) {
+        if let Some((max, window)) = self.cap {
+            profile
+                .sent_ms
+                .retain(|t| now_ms.saturating_sub(*t) < window);
+            profile.sent_ms.push(now_ms);
+            let excess = profile.sent_ms.len().saturating_sub(max);
+            profile.sent_ms.drain(..excess);
+        }
+        profile.memory_mut(&trigger.rule_id).last_sent_ms = Some(now_ms);
+        let group = self.holdout.group(user_id);
+        profile.attribution = Some(Attribution {
+            rule: trigger.rule_id.clone(),
+            group,
+            at_ms: now_ms,
+        });
+        out.attributable.push((trigger.rule_id.clone(), group));
+        let verdict = match group {
+            Group::Treatment => Verdict::Sent,
+            Group::Holdout => Verdict::Suppressed(Reason::Holdout),
+        };
+        self.decide(profile, trigger, verdict, out);
+    }
+
+    fn decide(
+        &self,
+        profile: &mut UserProfile,
+        trigger: ReactivationTrigger,
+        verdict: Verdict,
+        out: &mut Outcome,
+    ) {
+        profile.note(&trigger.rule_id, trigger.fired_at_ms, verdict.label());
+        out.decisions.push(Decision { trigger, verdict });
+    }
+
+    fn explain(
+        &self,
+        rule: &Rule,
+        user_id: &str,
+        profile: &UserProfile,
+        candidate: Candidate,
+        now_ms: i64,
+    ) -> ReactivationTrigger {
+        let stage = profile
+            .stage
+            .map_or("none", |m| m.stage.as_str())
+            .to_string();
+        ReactivationTrigger {
+            trigger_id: trigger_id(rule.id(), user_id, candidate.episode_ms),
+            user_id: user_id.to_string(),
+            rule_id: rule.id().to_string(),
+            fired_at_ms: now_ms,
+            due_at_ms: candidate.due_ms,
+            last_active_ms: profile.last_active_ms,
+            lifecycle_stage: stage,
+            features: rule.features(profile, candidate, now_ms),
+            schema_version: TRIGGER_SCHEMA_VERSION,
+            rule_config_hash: rule.config_hash().to_string(),
+        }
+    }
+}

@@ -1,0 +1,137 @@
+use rekindle_events::ReactivationTrigger;
+
+use crate::{Attribution, Group, StageChange};
+
+/// Why a trigger did not go out (or not yet).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Reason {
+    /// The rule runs in shadow mode.
+    Shadow,
+    OptedOut,
+    /// The same rule went out to this user within its cooldown.
+    Cooldown,
+    /// The user reached the frequency cap.
+    Capped,
+    /// A higher-priority rule took this moment (or holds a deferred trigger).
+    Outranked,
+    /// Due inside the user's quiet hours: deferred to their end.
+    QuietHours,
+    /// The user is in the holdout group: recorded, never sent.
+    Holdout,
+    /// A deferred trigger whose user came back before it went out.
+    Returned,
+    UserDeleted,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 9] = [
+        Reason::Shadow,
+        Reason::OptedOut,
+        Reason::Cooldown,
+        Reason::Capped,
+        Reason::Outranked,
+        Reason::QuietHours,
+        Reason::Holdout,
+        Reason::Returned,
+        Reason::UserDeleted,
+    ];
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Reason::Shadow => "shadow",
+            Reason::OptedOut => "opted_out",
+            Reason::Cooldown => "cooldown",
+            Reason::Capped => "capped",
+            Reason::Outranked => "outranked",
+            Reason::QuietHours => "quiet_hours",
+            Reason::Holdout => "holdout",
+            Reason::Returned => "returned",
+            Reason::UserDeleted => "user_deleted",
+        }
+    }
+}
+
+/// What became of a trigger a rule fired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// To the delivery topic.
+    Sent,
+    /// Not sent, now or later.
+    Suppressed(Reason),
+    /// Held back by quiet hours until `release_ms`.
+    Deferred { release_ms: i64 },
+    /// A deferred trigger that will not go out after all.
+    Cancelled(Reason),
+}
+
+impl Verdict {
+    /// `sent`, `suppressed`, `deferred` or `cancelled`.
+    pub fn decision(&self) -> &'static str {
+        match self {
+            Verdict::Sent => "sent",
+            Verdict::Suppressed(_) => "suppressed",
+            Verdict::Deferred { .. } => "deferred",
+            Verdict::Cancelled(_) => "cancelled",
+        }
+    }
+
+    pub fn reason(&self) -> Option<Reason> {
+        match self {
+            Verdict::Sent => None,
+            Verdict::Suppressed(r) | Verdict::Cancelled(r) => Some(*r),
+            Verdict::Deferred { .. } => Some(Reason::QuietHours),
+        }
+    }
+
+    /// How a profile's decision log and `rekindle inspect` show it.
+    pub fn label(&self) -> String {
+        match self.reason() {
+            None => self.decision().to_string(),
+            Some(r) => format!("{}:{}", self.decision(), r.as_str()),
+        }
+    }
+}
+
+/// A rule's trigger with the explanation and what the policies made of it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    pub trigger: ReactivationTrigger,
+    pub verdict: Verdict,
+}
+
+/// Everything one evaluation changed that the caller reports.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Outcome {
+    pub decisions: Vec<Decision>,
+    /// The stage before and after this evaluation, when it changed.
+    pub stage_change: Option<StageChange>,
+    /// A triggered or held-out user came back within the attribution window.
+    pub reactivated: Option<Attribution>,
+    /// A trigger went out or was held out: the user entered attribution for this group.
+    pub attributable: Vec<(String, Group)>,
+}
+
+impl Outcome {
+    pub fn clear(&mut self) {
+        self.decisions.clear();
+        self.stage_change = None;
+        self.reactivated = None;
+        self.attributable.clear();
+    }
+
+    pub(crate) fn stage(&mut self, change: Option<StageChange>) {
+        if let Some(change) = change {
+            // Several changes in one evaluation report as one, from the first to the last.
+            self.stage_change = Some(match self.stage_change {
+                Some(earlier) => StageChange {
+                    from: earlier.from,
+                    to: change.to,
+                },
+                None => change,
+            });
+            if self.stage_change.is_some_and(|c| c.from == c.to) {
+                self.stage_change = None;
+            }
+        }
+    }
+}
