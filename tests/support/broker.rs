@@ -127,7 +127,28 @@ pub enum Batching {
 
 /// Produces `(key, payload)` records and waits until the broker has all of them.
 pub fn produce(brokers: &str, topic: &str, records: &[(String, Vec<u8>)], batching: Batching) {
+    let records: Vec<LogRecord> = records
+        .iter()
+        .map(|(key, payload)| LogRecord {
+            key: key.clone(),
+            payload: payload.clone(),
+            headers: Vec::new(),
+        })
+        .collect();
+    produce_log(brokers, topic, &records, batching);
+}
+
+/// A record to produce, headers included.
+pub struct LogRecord {
+    pub key: String,
+    pub payload: Vec<u8>,
+    pub headers: Vec<(&'static str, Vec<u8>)>,
+}
+
+/// Produces records in order and waits until the broker acknowledged all of them.
+pub fn produce_log(brokers: &str, topic: &str, records: &[LogRecord], batching: Batching) {
     use rdkafka::config::ClientConfig;
+    use rdkafka::message::{Header, OwnedHeaders};
     use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
     let producer: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
@@ -143,10 +164,18 @@ pub fn produce(brokers: &str, topic: &str, records: &[(String, Vec<u8>)], batchi
         )
         .create()
         .expect("producer");
-    for (key, payload) in records {
+    for r in records {
+        let mut headers = OwnedHeaders::new();
+        for (key, value) in &r.headers {
+            headers = headers.insert(Header {
+                key,
+                value: Some(value.as_slice()),
+            });
+        }
         let mut record = BaseRecord::to(topic)
-            .key(key.as_str())
-            .payload(payload.as_slice());
+            .key(r.key.as_str())
+            .payload(r.payload.as_slice())
+            .headers(headers);
         loop {
             match producer.send(record) {
                 Ok(()) => break,

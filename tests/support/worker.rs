@@ -55,7 +55,25 @@ pub fn write_lapsed_only_config(dir: &Path) -> PathBuf {
     path
 }
 
-/// A worker configuration for tests: short ticks, low fetch wait, JSON logs.
+/// What a test worker's configuration varies in.
+pub struct WorkerOptions<'a> {
+    pub tick_interval: &'a str,
+    /// `[rules.*]`, `[lifecycle]` and `[policy.*]` tables.
+    pub rules: &'a str,
+    pub audit_topic: Option<&'a str>,
+}
+
+impl Default for WorkerOptions<'_> {
+    fn default() -> Self {
+        WorkerOptions {
+            tick_interval: "100ms",
+            rules: LAPSED_ONLY,
+            audit_topic: None,
+        }
+    }
+}
+
+/// A worker configuration for tests: short ticks, low fetch wait, JSON logs, lapsed_7d only.
 pub fn write_config(
     dir: &Path,
     brokers: &str,
@@ -63,7 +81,31 @@ pub fn write_config(
     triggers: &str,
     group: &str,
 ) -> PathBuf {
+    write_config_with(
+        dir,
+        brokers,
+        activity,
+        triggers,
+        group,
+        &WorkerOptions::default(),
+    )
+}
+
+pub fn write_config_with(
+    dir: &Path,
+    brokers: &str,
+    activity: &str,
+    triggers: &str,
+    group: &str,
+    options: &WorkerOptions<'_>,
+) -> PathBuf {
     let path = dir.join("rekindle.toml");
+    let audit = options
+        .audit_topic
+        .map(|t| format!("audit_topic = \"{t}\""))
+        .unwrap_or_default();
+    let tick_interval = options.tick_interval;
+    let rules = options.rules;
     let state = dir.join("state");
     let toml = format!(
         r#"
@@ -73,6 +115,7 @@ group_id = "{group}"
 activity_topic = "{activity}"
 trigger_topic = "{triggers}"
 dead_letter_topic = "{DEAD_LETTERS}"
+{audit}
 
 [kafka.consumer]
 "fetch.wait.max.ms" = "10"
@@ -86,14 +129,14 @@ dead_letter_topic = "{DEAD_LETTERS}"
 dir = "{state}"
 
 [clock]
-tick_interval = "100ms"
+tick_interval = "{tick_interval}"
 
 [pipeline]
 batch_max_records = 2000
 batch_max_wait = "20ms"
 shutdown_grace = "3s"
 
-{LAPSED_ONLY}
+{rules}
 [log]
 format = "json"
 level = "info"

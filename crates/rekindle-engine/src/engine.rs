@@ -225,10 +225,10 @@ impl Engine {
                 };
                 rules.on_activity(user, profile, activity, now, outcome);
             }
-            EventKind::OptOut => rules.on_opt_out(profile, outcome),
+            EventKind::OptOut => rules.on_opt_out(profile, now, outcome),
             EventKind::OptIn => rules.on_opt_in(profile),
             EventKind::UserDeleted => {
-                rules.on_delete(profile, outcome);
+                rules.on_delete(profile, now, outcome);
                 deleted = true;
             }
         }

@@ -115,14 +115,7 @@ impl RuleBook {
         );
         if newer {
             // Exit on return: a trigger held back by quiet hours is moot once the user is back.
-            if let Some(deferred) = profile.deferred.take() {
-                self.decide(
-                    profile,
-                    deferred.trigger,
-                    Verdict::Cancelled(Reason::Returned),
-                    out,
-                );
-            }
+            self.cancel_deferred(profile, Reason::Returned, now_ms, out);
             if let Some(attribution) = profile.attribution.take() {
                 if activity.timestamp_ms <= attribution.at_ms {
                     profile.attribution = Some(attribution);
@@ -135,16 +128,9 @@ impl RuleBook {
     }
 
     /// An `opt_out` event: nothing goes out until `opt_in`; a deferred trigger is cancelled.
-    pub fn on_opt_out(&self, profile: &mut UserProfile, out: &mut Outcome) {
+    pub fn on_opt_out(&self, profile: &mut UserProfile, now_ms: i64, out: &mut Outcome) {
         profile.opted_out = true;
-        if let Some(deferred) = profile.deferred.take() {
-            self.decide(
-                profile,
-                deferred.trigger,
-                Verdict::Cancelled(Reason::OptedOut),
-                out,
-            );
-        }
+        self.cancel_deferred(profile, Reason::OptedOut, now_ms, out);
     }
 
     pub fn on_opt_in(&self, profile: &mut UserProfile) {
@@ -153,21 +139,31 @@ impl RuleBook {
 
     /// A `user_deleted` event: reports what the deletion cancels; the caller then removes
     /// the profile and its timer.
-    pub fn on_delete(&self, profile: &mut UserProfile, out: &mut Outcome) {
-        if let Some(mut deferred) = profile.deferred.take() {
+    pub fn on_delete(&self, profile: &mut UserProfile, now_ms: i64, out: &mut Outcome) {
+        if let Some(deferred) = profile.deferred.as_mut() {
             // Nothing about a deleted user beyond their id leaves the pipeline.
             deferred.trigger.features.clear();
-            self.decide(
-                profile,
-                deferred.trigger,
-                Verdict::Cancelled(Reason::UserDeleted),
-                out,
-            );
         }
+        self.cancel_deferred(profile, Reason::UserDeleted, now_ms, out);
         out.stage(profile.stage.map(|m| crate::StageChange {
             from: Some(m.stage),
             to: None,
         }));
+    }
+
+    /// Cancels a deferred trigger, if any; the record carries the clock of the cancellation.
+    fn cancel_deferred(
+        &self,
+        profile: &mut UserProfile,
+        reason: Reason,
+        now_ms: i64,
+        out: &mut Outcome,
+    ) {
+        if let Some(deferred) = profile.deferred.take() {
+            let mut trigger = deferred.trigger;
+            trigger.fired_at_ms = now_ms;
+            self.decide(profile, trigger, Verdict::Cancelled(reason), out);
+        }
     }
 
     /// The user's timer fired: evaluate at `now_ms`.

@@ -92,7 +92,9 @@ impl Verdict {
     }
 }
 
-/// A rule's trigger with the explanation and what the policies made of it.
+/// A rule's trigger with the explanation and what the policies made of it. The trigger's
+/// `fired_at_ms` is the pipeline clock at this decision (a deferred trigger's release or
+/// cancellation is a later decision about the same trigger id).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decision {
     pub trigger: ReactivationTrigger,

@@ -449,7 +449,7 @@ fn a_user_who_returns_during_quiet_hours_is_not_messaged() {
         sim.summary(),
         vec![
             s("lapsed_7d", due, "deferred:quiet_hours"),
-            s("lapsed_7d", due, "cancelled:returned")
+            s("lapsed_7d", due + HOUR, "cancelled:returned")
         ]
     );
 }
@@ -507,7 +507,7 @@ fn opted_out_users_get_nothing_until_they_opt_in() {
         sim.act(T0 + d * DAY);
     }
     let mut out = Outcome::default();
-    sim.book.on_opt_out(&mut sim.profile, &mut out);
+    sim.book.on_opt_out(&mut sim.profile, sim.now, &mut out);
     sim.run_until(T0 + 20 * DAY);
     sim.book.on_opt_in(&mut sim.profile);
     for d in [21, 22, 23] {
@@ -534,7 +534,7 @@ fn opting_out_or_deletion_cancels_a_deferred_trigger() {
         sim.run_until(last + 7 * DAY);
         let mut out = Outcome::default();
         if delete {
-            sim.book.on_delete(&mut sim.profile, &mut out);
+            sim.book.on_delete(&mut sim.profile, sim.now, &mut out);
             assert_eq!(
                 out.stage_change.map(|c| c.to),
                 Some(None),
@@ -542,7 +542,7 @@ fn opting_out_or_deletion_cancels_a_deferred_trigger() {
             );
             assert!(out.decisions[0].trigger.features.is_empty());
         } else {
-            sim.book.on_opt_out(&mut sim.profile, &mut out);
+            sim.book.on_opt_out(&mut sim.profile, sim.now, &mut out);
         }
         sim.take(out);
         let reason = if delete {

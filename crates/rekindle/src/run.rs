@@ -112,17 +112,24 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         health.clone(),
         shutdown.clone(),
     ));
-    let ticker = ClockTicker::new(
-        sink.producer(),
-        &settings.kafka.activity_topic,
-        owned.clone(),
-    );
-    let tick_metrics = metrics.clone();
-    let ticker_task = tokio::spawn(ticker.run(
-        settings.clock.tick_interval,
-        shutdown.clone(),
-        move || tick_metrics.clock_ticks_sent.inc(),
-    ));
+    // Without ticks the clock moves only with event times (and ticks someone else appends):
+    // the log alone decides, as in a replay, but idle partitions do not fire.
+    let ticker_task = if settings.clock.tick_interval.is_zero() {
+        warn!("clock.tick_interval is 0: no clock ticks; idle partitions fire nothing until new records arrive");
+        None
+    } else {
+        let ticker = ClockTicker::new(
+            sink.producer(),
+            &settings.kafka.activity_topic,
+            owned.clone(),
+        );
+        let tick_metrics = metrics.clone();
+        Some(tokio::spawn(ticker.run(
+            settings.clock.tick_interval,
+            shutdown.clone(),
+            move || tick_metrics.clock_ticks_sent.inc(),
+        )))
+    };
 
     info!(
         brokers = %settings.kafka.brokers,
@@ -274,7 +281,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             metrics.producer_in_flight.set(i64::from(sink.in_flight()));
         }
     }
-    ticker_task.abort();
+    if let Some(task) = ticker_task {
+        task.abort();
+    }
     http.abort();
     wiring::log_stats("worker stopped", &engine);
     Ok(())

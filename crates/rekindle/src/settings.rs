@@ -153,8 +153,9 @@ impl Settings {
         if self.pipeline.batch_max_records == 0 {
             return fail("pipeline.batch_max_records", "must be at least 1");
         }
-        if self.clock.tick_interval < Duration::from_millis(10) {
-            return fail("clock.tick_interval", "must be at least 10ms");
+        let tick = self.clock.tick_interval;
+        if !tick.is_zero() && tick < Duration::from_millis(10) {
+            return fail("clock.tick_interval", "must be 0 (off) or at least 10ms");
         }
         if self.codec.max_record_bytes < 64 {
             return fail("codec.max_record_bytes", "must be at least 64");
