@@ -103,6 +103,13 @@ impl Engine {
             .collect()
     }
 
+    /// Profiles the current batch of `partition` has loaded: what the next commit writes.
+    pub fn profiles_touched(&self, partition: u32) -> usize {
+        self.partitions
+            .get(&partition)
+            .map_or(0, PartitionState::dirty_profiles)
+    }
+
     pub fn clock_ms(&self, partition: u32) -> Option<i64> {
         self.partitions
             .get(&partition)

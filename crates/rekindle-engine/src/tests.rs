@@ -56,7 +56,23 @@ struct Feed<'e> {
     out: Emitted,
 }
 
-impl Feed<'_> {
+impl<'e> Feed<'e> {
+    fn new(engine: &'e mut Engine) -> Feed<'e> {
+        Feed {
+            engine,
+            next: 0,
+            out: Emitted::default(),
+        }
+    }
+
+    /// Users `a` and `b`, active at the start of days 0, 1 and 2.
+    fn two_engaged_users(&mut self) {
+        for d in 0..3 {
+            self.event("a", T0 + d * DAY);
+            self.event("b", T0 + d * DAY);
+        }
+    }
+
     fn event(&mut self, user: &str, ts: i64) {
         let kind = RecordKind::Event {
             event: Box::new(event(user, ts)),
@@ -89,11 +105,7 @@ impl Feed<'_> {
 fn fires_when_the_clock_passes_the_deadline_and_not_before() {
     let dir = tempfile::tempdir().expect("dir");
     let mut e = engine(dir.path());
-    let mut f = Feed {
-        engine: &mut e,
-        next: 0,
-        out: Emitted::default(),
-    };
+    let mut f = Feed::new(&mut e);
     for d in 0..3 {
         f.event("a", T0 + d * DAY);
     }
@@ -110,11 +122,7 @@ fn fires_when_the_clock_passes_the_deadline_and_not_before() {
 fn an_event_after_the_deadline_does_not_cancel_the_lapse_it_proves() {
     let dir = tempfile::tempdir().expect("dir");
     let mut e = engine(dir.path());
-    let mut f = Feed {
-        engine: &mut e,
-        next: 0,
-        out: Emitted::default(),
-    };
+    let mut f = Feed::new(&mut e);
     for d in 0..3 {
         f.event("a", T0 + d * DAY);
     }
@@ -130,11 +138,7 @@ fn an_event_after_the_deadline_does_not_cancel_the_lapse_it_proves() {
 fn activity_before_the_deadline_cancels_and_reschedules() {
     let dir = tempfile::tempdir().expect("dir");
     let mut e = engine(dir.path());
-    let mut f = Feed {
-        engine: &mut e,
-        next: 0,
-        out: Emitted::default(),
-    };
+    let mut f = Feed::new(&mut e);
     for d in 0..3 {
         f.event("a", T0 + d * DAY);
     }
@@ -149,11 +153,7 @@ fn activity_before_the_deadline_cancels_and_reschedules() {
 fn late_event_that_completes_eligibility_fires_at_once_when_overdue() {
     let dir = tempfile::tempdir().expect("dir");
     let mut e = engine(dir.path());
-    let mut f = Feed {
-        engine: &mut e,
-        next: 0,
-        out: Emitted::default(),
-    };
+    let mut f = Feed::new(&mut e);
     f.event("a", T0);
     f.event("a", T0 + 2 * DAY);
     f.tick(T0 + 20 * DAY);
@@ -168,11 +168,7 @@ fn records_below_the_stored_offset_are_skipped_after_restart() {
     let dir = tempfile::tempdir().expect("dir");
     {
         let mut e = engine(dir.path());
-        let mut f = Feed {
-            engine: &mut e,
-            next: 0,
-            out: Emitted::default(),
-        };
+        let mut f = Feed::new(&mut e);
         for d in 0..3 {
             f.event("a", T0 + d * DAY);
         }
@@ -180,11 +176,7 @@ fn records_below_the_stored_offset_are_skipped_after_restart() {
     }
     let mut e = engine(dir.path());
     assert_eq!(e.open_partition(0).expect("open"), Some(3));
-    let mut f = Feed {
-        engine: &mut e,
-        next: 0,
-        out: Emitted::default(),
-    };
+    let mut f = Feed::new(&mut e);
     // Redelivery of offsets 0..3 changes nothing; offset 3 is new.
     for d in 0..3 {
         f.event("a", T0 + d * DAY);
@@ -205,11 +197,7 @@ fn uncommitted_batches_replay_to_the_same_triggers() {
     let dir = tempfile::tempdir().expect("dir");
     let run = |commit: bool| {
         let mut e = engine(dir.path());
-        let mut f = Feed {
-            engine: &mut e,
-            next: 0,
-            out: Emitted::default(),
-        };
+        let mut f = Feed::new(&mut e);
         for d in 0..4 {
             f.event("a", T0 + d * DAY);
             f.event("b", T0 + d * DAY + 1);
@@ -346,15 +334,8 @@ fn typed(user: &str, ts: i64, event_type: &str) -> RecordKind<'static> {
 fn deletion_removes_the_profile_its_timer_and_its_stage_count() {
     let dir = tempfile::tempdir().expect("dir");
     let mut e = engine(dir.path());
-    let mut f = Feed {
-        engine: &mut e,
-        next: 0,
-        out: Emitted::default(),
-    };
-    for d in 0..3 {
-        f.event("a", T0 + d * DAY);
-        f.event("b", T0 + d * DAY);
-    }
+    let mut f = Feed::new(&mut e);
+    f.two_engaged_users();
     f.record(typed("a", T0 + 3 * DAY, "user_deleted"));
     f.tick(T0 + 20 * DAY);
     assert_eq!(f.fired(), vec![("b".to_string(), T0 + 2 * DAY)]);
@@ -380,15 +361,8 @@ fn suppressed_decisions_come_out_as_audit_records() {
         salt: "s".into(),
     };
     let mut e = engine_with(dir.path(), &rules);
-    let mut f = Feed {
-        engine: &mut e,
-        next: 0,
-        out: Emitted::default(),
-    };
-    for d in 0..3 {
-        f.event("a", T0 + d * DAY);
-        f.event("b", T0 + d * DAY);
-    }
+    let mut f = Feed::new(&mut e);
+    f.two_engaged_users();
     f.record(typed("b", T0 + 3 * DAY, "opt_out"));
     f.tick(T0 + 20 * DAY);
     assert!(f.out.triggers.is_empty());
@@ -406,4 +380,37 @@ fn suppressed_decisions_come_out_as_audit_records() {
         ]
     );
     assert_eq!(e.stats().suppressed, 2);
+}
+
+#[test]
+fn a_tick_touches_only_the_users_with_something_due() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut e = engine(dir.path());
+    let mut f = Feed::new(&mut e);
+    // 2,000 users active on day 14; one more user whose lapse falls due 10 s into it.
+    for d in 5..8 {
+        f.event("early", T0 + d * DAY + 10_000);
+    }
+    for u in 0..2_000 {
+        f.event(&format!("u{u}"), T0 + 14 * DAY + u);
+    }
+    e.commit().expect("commit");
+    assert_eq!(e.profiles_touched(0), 0);
+    let mut out = Emitted::default();
+    // Only "early" is due (its lapse and its at_risk stage): the tick loads no one else.
+    e.process(
+        Record {
+            partition: 0,
+            offset: 2_003,
+            kind: RecordKind::Tick(T0 + 14 * DAY + 20_000),
+        },
+        &mut out,
+    )
+    .expect("tick");
+    assert_eq!(out.triggers.len(), 1);
+    assert_eq!(
+        e.profiles_touched(0),
+        1,
+        "evaluation is proportional to due timers, not to users"
+    );
 }

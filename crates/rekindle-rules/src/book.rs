@@ -45,6 +45,16 @@ impl RuleBook {
             .map(|(id, rule)| Rule::new(id, rule, windows))
             .collect::<Result<Vec<_>, _>>()?;
         rules.retain(|r| r.mode() != RuleMode::Off);
+        let zone = &config.policy.quiet_hours.default_timezone;
+        let default_tz = time_zone(zone).ok_or_else(|| {
+            invalid(
+                "policy.quiet_hours.default_timezone",
+                format!("{zone:?} is not an IANA time zone"),
+            )
+        })?;
+        for rule in &mut rules {
+            rule.set_default_timezone(&default_tz);
+        }
         rules.sort_by(|a, b| {
             b.priority()
                 .cmp(&a.priority())

@@ -1,7 +1,11 @@
 use std::collections::BTreeMap;
 
+use jiff::tz::TimeZone;
+use jiff::Timestamp;
+
+use crate::policy::time_zone;
 use crate::rule::Candidate;
-use crate::{UserProfile, Windows};
+use crate::{UserProfile, Windows, DAY_MS};
 
 /// `engagement_drop`: at a bucket boundary, the session seconds of the `recent` buckets
 /// before it are below `fraction` of the average per `recent`-long period over the
@@ -22,6 +26,8 @@ pub(crate) struct EngagementDrop {
     /// Number of `recent`-long periods in the baseline.
     pub periods: i64,
     pub windows: Windows,
+    /// The zone of users whose events never named one.
+    pub default_tz: TimeZone,
 }
 
 /// The figures at one boundary.
@@ -82,12 +88,38 @@ impl EngagementDrop {
         // A drop is judged while the user is still around: once the recent window holds no
         // activity at all the user is silent, which is what lapsed and dormant are for.
         let last = latest + self.recent;
-        (from..=last)
-            .find(|b| self.holds(profile, *b))
-            .map(|b| Candidate {
-                episode_ms: b.saturating_mul(width),
-                due_ms: b.saturating_mul(width),
-            })
+        (from..=last).find(|b| self.holds(profile, *b)).map(|b| {
+            let boundary = b.saturating_mul(width);
+            Candidate {
+                episode_ms: boundary,
+                due_ms: self.local_day_start(profile, boundary),
+            }
+        })
+    }
+
+    /// With daily buckets, the user's first local midnight at or after the UTC boundary
+    /// whose completed days are judged: the drop is evaluated at a day boundary in the
+    /// user's time zone (activity before then re-evaluates it). Other bucket widths (the
+    /// demo's seconds) have no local day; the boundary itself is used.
+    fn local_day_start(&self, profile: &UserProfile, boundary_ms: i64) -> i64 {
+        if self.windows.width_ms() != DAY_MS {
+            return boundary_ms;
+        }
+        let tz = profile
+            .timezone
+            .as_deref()
+            .and_then(time_zone)
+            .unwrap_or_else(|| self.default_tz.clone());
+        let Ok(instant) = Timestamp::from_millisecond(boundary_ms) else {
+            return boundary_ms;
+        };
+        let local = instant.to_zoned(tz);
+        let start = if local.time() == jiff::civil::Time::midnight() {
+            Ok(local)
+        } else {
+            local.tomorrow().and_then(|d| d.start_of_day())
+        };
+        start.map_or(boundary_ms, |z| z.timestamp().as_millisecond())
     }
 
     pub fn features(&self, profile: &UserProfile, boundary_ms: i64) -> BTreeMap<String, f64> {

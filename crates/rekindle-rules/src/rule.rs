@@ -178,6 +178,7 @@ impl Rule {
                     recent,
                     periods,
                     windows,
+                    default_tz: jiff::tz::TimeZone::UTC,
                 })
             }
             RuleKind::NewUserNoReturn => {
@@ -218,6 +219,14 @@ impl Rule {
             config_hash: format!("{:016x}", xxhash_rust::xxh3::xxh3_64(canonical.as_bytes())),
             logic,
         })
+    }
+
+    /// The zone for users whose events never named one (day boundaries of
+    /// `engagement_drop`).
+    pub(crate) fn set_default_timezone(&mut self, tz: &jiff::tz::TimeZone) {
+        if let Logic::Drop(r) = &mut self.logic {
+            r.default_tz = tz.clone();
+        }
     }
 
     pub fn id(&self) -> &str {

@@ -64,3 +64,55 @@ impl SilenceRule {
         ])
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::{WindowConfig, DAY_MS};
+
+    const DAY: i64 = DAY_MS;
+    /// 2023-11-14T00:00:00Z
+    const T0: i64 = 1_699_920_000_000;
+
+    fn lapsed_7d(windows: Windows) -> SilenceRule {
+        SilenceRule {
+            min_active: 3,
+            inactive_for_ms: 7 * DAY,
+            lookback_buckets: 30,
+            windows,
+        }
+    }
+
+    proptest! {
+        /// Eligibility equals a brute-force count of distinct UTC days among the events in
+        /// the 30 days ending with the day of the last one, and the deadline is the last
+        /// event plus 7 days.
+        #[test]
+        fn eligibility_matches_brute_force(mut times in proptest::collection::vec(0i64..(90 * DAY), 1..40)) {
+            times.sort_unstable();
+            let windows = Windows::new(&WindowConfig::default()).expect("windows");
+            let rule = lapsed_7d(windows);
+            let mut p = UserProfile::default();
+            for t in &times {
+                p.record_activity(&windows, T0 + t, 0, 0.0);
+            }
+            let last = T0 + times[times.len() - 1];
+            let last_day = last.div_euclid(DAY);
+            let mut days: Vec<i64> = times
+                .iter()
+                .map(|t| (T0 + t).div_euclid(DAY))
+                .filter(|d| *d > last_day - 30)
+                .collect();
+            days.dedup();
+            let candidate = rule.candidate(&p, None);
+            prop_assert_eq!(candidate.is_some(), days.len() >= 3);
+            if let Some(c) = candidate {
+                prop_assert_eq!(c.due_ms, last + 7 * DAY);
+                prop_assert_eq!(c.episode_ms, last);
+                prop_assert!(rule.candidate(&p, Some(last)).is_none(), "fired episodes stay fired");
+            }
+        }
+    }
+}

@@ -126,6 +126,20 @@ impl Sim {
     }
 }
 
+/// Active at midnight on days 0, 1 and 2: eligible for lapsed_7d, due on day 9.
+fn engaged(sim: &mut Sim) {
+    for d in [0, 1, 2] {
+        sim.act(T0 + d * DAY);
+    }
+}
+
+fn one_per_week(c: &mut RuleBookConfig) {
+    c.policy.frequency_cap = FrequencyCapConfig {
+        max_triggers: 1,
+        window: days(7),
+    };
+}
+
 type ReactivationTriggerRef = rekindle_events::ReactivationTrigger;
 
 fn s(rule: &str, at: i64, label: &str) -> (String, i64, String) {
@@ -242,6 +256,38 @@ fn engagement_drop_compares_the_last_week_with_the_four_before() {
 }
 
 #[test]
+fn engagement_drop_is_due_at_the_users_local_midnight() {
+    let mut c = config(&[("engagement_drop", drop_rule())]);
+    c.policy.quiet_hours.default_timezone = "Asia/Tokyo".into();
+    for (zone, due) in [
+        // 2023-12-19 00:00 UTC is 19:00 in New York (EST): the local day starts at 05:00 UTC.
+        (Some("America/New_York"), T0 + 35 * DAY + 5 * HOUR),
+        // Without a zone of its own, the default: Tokyo's next midnight is 15:00 UTC.
+        (None, T0 + 35 * DAY + 15 * HOUR),
+    ] {
+        let mut sim = Sim::new(&c);
+        for d in 0..28 {
+            sim.act_with(T0 + d * DAY + 12 * HOUR, 3600, zone);
+        }
+        for d in 28..35 {
+            sim.act_with(T0 + d * DAY + 12 * HOUR, 300, zone);
+        }
+        sim.run_until(T0 + 36 * DAY);
+        assert_eq!(
+            sim.summary(),
+            vec![s("engagement_drop", due, "sent")],
+            "{zone:?}"
+        );
+        assert_eq!(sim.decisions[0].trigger.due_at_ms, due);
+        // The episode is the UTC boundary whose completed days were judged.
+        assert_eq!(
+            sim.decisions[0].trigger.trigger_id,
+            trigger_id("engagement_drop", "u1", T0 + 35 * DAY)
+        );
+    }
+}
+
+#[test]
 fn engagement_drop_leaves_steady_and_tiny_users_alone() {
     let mut steady = Sim::new(&config(&[("engagement_drop", drop_rule())]));
     for d in 0..60 {
@@ -336,9 +382,7 @@ fn cooldown_suppresses_a_rule_repeating_too_soon() {
         ..RuleConfig::lapsed_7d()
     };
     let mut sim = Sim::new(&config(&[("lapsed_7d", rule)]));
-    for d in [0, 1, 2] {
-        sim.act(T0 + d * DAY);
-    }
+    engaged(&mut sim);
     sim.run_until(T0 + 9 * DAY); // sent at day 9
     sim.act(T0 + 10 * DAY); // back, lapses again at day 17: inside the cooldown
     sim.run_until(T0 + 18 * DAY);
@@ -364,14 +408,9 @@ fn frequency_cap_counts_across_rules_in_a_rolling_window() {
         ..RuleConfig::lapsed_7d()
     };
     let mut c = config(&[("lapsed_7d", lapsed(30)), ("lapsed_8d", later)]);
-    c.policy.frequency_cap = FrequencyCapConfig {
-        max_triggers: 1,
-        window: days(7),
-    };
+    one_per_week(&mut c);
     let mut sim = Sim::new(&c);
-    for d in [0, 1, 2] {
-        sim.act(T0 + d * DAY);
-    }
+    engaged(&mut sim);
     sim.run_until(T0 + 12 * DAY);
     for d in [20, 21, 22] {
         sim.act(T0 + d * DAY);
@@ -462,9 +501,7 @@ fn holdout_users_are_recorded_not_sent_and_their_returns_attributed() {
         salt: "s".into(),
     };
     let mut sim = Sim::new(&c);
-    for d in [0, 1, 2] {
-        sim.act(T0 + d * DAY);
-    }
+    engaged(&mut sim);
     sim.run_until(T0 + 9 * DAY);
     sim.act(T0 + 11 * DAY);
     assert_eq!(
@@ -488,9 +525,7 @@ fn holdout_users_are_recorded_not_sent_and_their_returns_attributed() {
 #[test]
 fn returns_after_the_attribution_window_do_not_count() {
     let mut sim = Sim::new(&config(&[("lapsed_7d", lapsed(30))]));
-    for d in [0, 1, 2] {
-        sim.act(T0 + d * DAY);
-    }
+    engaged(&mut sim);
     sim.run_until(T0 + 9 * DAY);
     sim.act(T0 + 17 * DAY); // 8 days after the trigger; the window is 7
     assert_eq!(
@@ -503,9 +538,7 @@ fn returns_after_the_attribution_window_do_not_count() {
 #[test]
 fn opted_out_users_get_nothing_until_they_opt_in() {
     let mut sim = Sim::new(&config(&[("lapsed_7d", lapsed(30))]));
-    for d in [0, 1, 2] {
-        sim.act(T0 + d * DAY);
-    }
+    engaged(&mut sim);
     let mut out = Outcome::default();
     sim.book.on_opt_out(&mut sim.profile, sim.now, &mut out);
     sim.run_until(T0 + 20 * DAY);
@@ -562,14 +595,9 @@ fn shadow_rules_are_audited_and_take_nothing_from_live_rules() {
         ..RuleConfig::lapsed_7d()
     };
     let mut c = config(&[("lapsed_7d", lapsed(30)), ("lapsed_shadow", shadow)]);
-    c.policy.frequency_cap = FrequencyCapConfig {
-        max_triggers: 1,
-        window: days(7),
-    };
+    one_per_week(&mut c);
     let mut sim = Sim::new(&c);
-    for d in [0, 1, 2] {
-        sim.act(T0 + d * DAY);
-    }
+    engaged(&mut sim);
     sim.run_until(T0 + 10 * DAY);
     assert_eq!(
         sim.summary(),
