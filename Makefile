@@ -19,6 +19,7 @@ test: build
 	cargo fmt --all -- --check
 	cd deploy/prometheus && promtool check rules alerts.yaml && promtool test rules alerts_test.yaml
 	cargo test --release --locked --workspace
+	python3 deploy/helm/check_chart.py --chart helm/rekindle --binary $(BIN) --invalid tests/fixtures/helm --dockerfile Dockerfile
 	REKINDLE_BIN=$(BIN) deploy/prometheus/e2e-check.sh
 
 ## The demo: local broker, live synthetic activity, the worker, triggers printed.

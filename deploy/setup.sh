@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing rekindle needs on a fresh Debian machine:
-# libclang-dev, prometheus (for promtool) and a tansu broker binary (once, in ~/.cargo/bin).
+# libclang-dev, libssl-dev, prometheus (for promtool), the Python packages of the Helm chart check, and
+# a tansu broker binary (once, in ~/.cargo/bin).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 
@@ -11,11 +12,30 @@ as_root() {
 # libclang-dev: bindgen for RocksDB. prometheus: promtool, for the alert rule tests.
 missing=()
 dpkg -s libclang-dev >/dev/null 2>&1 || missing+=(libclang-dev)
+# libssl-dev, pkg-config: librdkafka's TLS and SCRAM support.
+dpkg -s libssl-dev >/dev/null 2>&1 || missing+=(libssl-dev)
+command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]}" >&2
   as_root apt-get update -qq
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# The Helm chart check: the real Helm engine (helm-sdkpy bundles it; it declares a newer
+# Python than Debian's 3.11 but runs on it) and the Kubernetes schemas.
+if ! python3 -c "import helm_sdkpy, kubernetes_validate, yaml" >/dev/null 2>&1; then
+  echo "setup: installing helm-sdkpy, kubernetes-validate, pyyaml (pip)" >&2
+  if ! python3 -m pip --version >/dev/null 2>&1; then
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq python3-pip >/dev/null
+  fi
+  packages=(helm-sdkpy kubernetes-validate pyyaml)
+  pip_install() {
+    python3 -m pip install --quiet --disable-pip-version-check --ignore-requires-python "$@" "${packages[@]}"
+  }
+  # A Debian-managed Python refuses installs outside a virtual environment unless told.
+  pip_install || pip_install --break-system-packages
 fi
 
 "$here/broker/tansu.sh" install

@@ -309,6 +309,7 @@ impl Engine {
             state.flush()?;
             if let Some(series) = self.partition_series.get(partition) {
                 series.clock_time.set(state.clock_ms() as f64 / 1000.0);
+                series.pending_timers.set(state.meta().pending_timers);
                 for (gauge, users) in series.stage_users.iter().zip(state.meta().stage_users) {
                     gauge.set(users);
                 }

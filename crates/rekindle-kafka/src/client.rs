@@ -2,8 +2,9 @@ use std::collections::BTreeMap;
 
 use rdkafka::ClientConfig;
 
-/// Connection settings shared by every client rekindle creates.
-#[derive(Debug, Clone, Default)]
+/// Connection settings shared by every client rekindle creates. Its `Debug` output redacts
+/// the values of properties that hold secrets.
+#[derive(Clone, Default)]
 pub struct KafkaSettings {
     pub brokers: String,
     /// librdkafka properties applied to every client (security settings belong here).
@@ -12,6 +13,37 @@ pub struct KafkaSettings {
     pub consumer: BTreeMap<String, String>,
     /// librdkafka properties for producers only, applied after `common`.
     pub producer: BTreeMap<String, String>,
+}
+
+/// Property names whose values are secrets (passwords, keys, tokens, JAAS lines).
+pub fn is_secret_property(name: &str) -> bool {
+    ["password", "secret", "key.pem", "token", "jaas"]
+        .iter()
+        .any(|word| name.contains(word))
+}
+
+fn redacted(map: &BTreeMap<String, String>) -> BTreeMap<&str, &str> {
+    map.iter()
+        .map(|(k, v)| {
+            let shown = if is_secret_property(k) {
+                "<redacted>"
+            } else {
+                v.as_str()
+            };
+            (k.as_str(), shown)
+        })
+        .collect()
+}
+
+impl std::fmt::Debug for KafkaSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaSettings")
+            .field("brokers", &self.brokers)
+            .field("common", &redacted(&self.common))
+            .field("consumer", &redacted(&self.consumer))
+            .field("producer", &redacted(&self.producer))
+            .finish()
+    }
 }
 
 impl KafkaSettings {
@@ -46,5 +78,36 @@ impl KafkaSettings {
 fn apply(config: &mut ClientConfig, properties: &BTreeMap<String, String>) {
     for (key, value) in properties {
         config.set(key, value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_reach_the_client_configuration_but_not_debug_output() {
+        let settings = KafkaSettings {
+            brokers: "b:9092".into(),
+            common: BTreeMap::from([
+                ("sasl.password".to_string(), "hunter2".to_string()),
+                ("ssl.key.password".to_string(), "k3y".to_string()),
+                ("sasl.username".to_string(), "svc".to_string()),
+            ]),
+            consumer: BTreeMap::from([("group.instance.id".to_string(), "rekindle-0".to_string())]),
+            producer: BTreeMap::new(),
+        };
+        let consumer = settings.consumer_config("g");
+        assert_eq!(consumer.get("sasl.password"), Some("hunter2"));
+        assert_eq!(consumer.get("group.instance.id"), Some("rekindle-0"));
+        let producer = settings.producer_config();
+        assert_eq!(producer.get("ssl.key.password"), Some("k3y"));
+        assert_eq!(producer.get("group.instance.id"), None);
+        let shown = format!("{settings:?}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("k3y"),
+            "{shown}"
+        );
+        assert!(shown.contains("svc"));
     }
 }

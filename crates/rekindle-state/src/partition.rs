@@ -120,6 +120,12 @@ impl PartitionState {
         if from == to {
             return;
         }
+        if from.is_some() {
+            self.meta.pending_timers = self.meta.pending_timers.saturating_sub(1);
+        }
+        if to.is_some() {
+            self.meta.pending_timers = self.meta.pending_timers.saturating_add(1);
+        }
         if let Some(old) = from {
             let key = (old, user_id.to_string());
             self.timers_added.remove(&key);
@@ -163,6 +169,8 @@ impl PartitionState {
             self.timers_added.remove(key);
             self.timers_deleted.insert(key.clone());
         }
+        let taken = i64::try_from(due.len()).unwrap_or(i64::MAX);
+        self.meta.pending_timers = self.meta.pending_timers.saturating_sub(taken);
         self.scanned_through = Some(self.scanned_through.map_or(now_ms, |s| s.max(now_ms)));
         let stored_next = self
             .store
@@ -333,6 +341,7 @@ mod tests {
         assert_eq!(p.take_due(35).expect("re-armed").len(), 1);
         assert!(p.may_have_due(40));
         p.flush().expect("flush");
+        assert_eq!(p.meta().pending_timers, 1, "the count follows the index");
         assert_eq!(
             store.timers_between(1, i64::MIN, i64::MAX).expect("timers"),
             vec![(40, "c".to_string())]

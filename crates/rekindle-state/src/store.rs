@@ -2,6 +2,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use rekindle_rules::UserProfile;
+use rocksdb::statistics::Ticker;
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, Direction,
     IteratorMode, Options, ReadOptions, DB,
@@ -43,6 +44,8 @@ pub struct PartitionMeta {
     /// Users per lifecycle stage (indexed by `LifecycleStage::index`), kept exact by
     /// applying every stage change in the same batch as the profile that changed.
     pub stage_users: [i64; 5],
+    /// Entries in the partition's timer index, kept with every change to it.
+    pub pending_timers: i64,
 }
 
 /// Size figures for metrics.
@@ -52,12 +55,19 @@ pub struct StoreStats {
     pub live_data_bytes: u64,
     pub profiles_estimate: u64,
     pub compaction_pending_bytes: u64,
+    /// Cumulative since the store was opened.
+    pub block_cache_hits: u64,
+    pub block_cache_misses: u64,
+    pub write_stall_micros: u64,
 }
 
 /// A worker's RocksDB database. Cheap to clone: clones share the handle.
 #[derive(Clone)]
 pub struct Store {
     db: Arc<DB>,
+    /// Kept for its statistics (block cache, stalls), which RocksDB reports through the
+    /// options the database was opened with.
+    options: Option<Arc<Options>>,
 }
 
 impl Store {
@@ -76,8 +86,12 @@ impl Store {
         let mut db_options = Options::default();
         db_options.create_if_missing(true);
         db_options.create_missing_column_families(true);
+        db_options.enable_statistics();
         let db = DB::open_cf_descriptors(&db_options, path, cfs)?;
-        let store = Store { db: Arc::new(db) };
+        let store = Store {
+            db: Arc::new(db),
+            options: Some(Arc::new(db_options)),
+        };
         store.check_format()?;
         Ok(store)
     }
@@ -87,7 +101,10 @@ impl Store {
     pub fn open_read_only(path: &Path) -> Result<Store, StateError> {
         let cfs = [CF_PROFILES, CF_TIMERS, CF_META];
         let db = DB::open_cf_for_read_only(&Options::default(), path, cfs, false)?;
-        let store = Store { db: Arc::new(db) };
+        let store = Store {
+            db: Arc::new(db),
+            options: None,
+        };
         let meta = store.cf(CF_META)?;
         let found = store
             .db
@@ -248,6 +265,11 @@ impl Store {
             if name == CF_PROFILES {
                 stats.profiles_estimate = int("rocksdb.estimate-num-keys")?;
             }
+        }
+        if let Some(options) = &self.options {
+            stats.block_cache_hits = options.get_ticker_count(Ticker::BlockCacheHit);
+            stats.block_cache_misses = options.get_ticker_count(Ticker::BlockCacheMiss);
+            stats.write_stall_micros = options.get_ticker_count(Ticker::StallMicros);
         }
         Ok(stats)
     }

@@ -45,6 +45,11 @@ pub struct Metrics {
     pub state_live_data: IntGauge,
     pub state_users: IntGauge,
     pub state_compaction_pending: IntGauge,
+    pub state_pending_timers: IntGaugeVec,
+    pub state_block_cache_hits: IntCounter,
+    pub state_block_cache_misses: IntCounter,
+    pub state_write_stall: prometheus::Counter,
+    pub state_restore_duration: Histogram,
     pub ready: IntGauge,
 }
 
@@ -56,6 +61,7 @@ pub struct PartitionSeries {
     pub clock_time: Gauge,
     /// Users per lifecycle stage, in `LifecycleStage::index` order.
     pub stage_users: [IntGauge; 5],
+    pub pending_timers: IntGauge,
 }
 
 /// Stage label values in `LifecycleStage::index` order.
@@ -242,6 +248,30 @@ impl Metrics {
                 "rekindle_state_compaction_pending_bytes",
                 "RocksDB's estimate of bytes compaction still has to rewrite.",
             )?,
+            state_pending_timers: b.gauge_vec(
+                "rekindle_state_pending_timers",
+                "Entries in the partition's timer index (users with a pending deadline, stage change or release), at the last commit.",
+                &["partition"],
+            )?,
+            state_block_cache_hits: b.counter(
+                "rekindle_state_block_cache_hits_total",
+                "RocksDB block cache hits.",
+            )?,
+            state_block_cache_misses: b.counter(
+                "rekindle_state_block_cache_misses_total",
+                "RocksDB block cache misses.",
+            )?,
+            state_write_stall: b.register(prometheus::Counter::new(
+                "rekindle_state_write_stall_seconds_total",
+                "Time RocksDB stalled writes (compaction falling behind).",
+            )?)?,
+            state_restore_duration: b.register(Histogram::with_opts(
+                HistogramOpts::new(
+                    "rekindle_state_restore_duration_seconds",
+                    "From a partition's assignment to its state being ready to process.",
+                )
+                .buckets(vec![0.001, 0.01, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0, 600.0]),
+            )?)?,
             ready: b.gauge(
                 "rekindle_health_ready",
                 "1 when /health/readyz answers ready, 0 otherwise.",
@@ -262,6 +292,9 @@ impl Metrics {
                 .events_processed
                 .with_label_values(&[topic, label.as_str()]),
             clock_time: self.clock_time.with_label_values(&[label.as_str()]),
+            pending_timers: self
+                .state_pending_timers
+                .with_label_values(&[label.as_str()]),
             stage_users: STAGES
                 .map(|stage| self.stage_users.with_label_values(&[label.as_str(), stage])),
         }
@@ -277,6 +310,9 @@ impl Metrics {
                 .remove_label_values(&[label.as_str(), stage]);
         }
         let _ = self.clock_time.remove_label_values(&[label.as_str()]);
+        let _ = self
+            .state_pending_timers
+            .remove_label_values(&[label.as_str()]);
         let _ = self.clock_lag.remove_label_values(&[label.as_str()]);
         let _ = self.consumer_lag.remove_label_values(&[label.as_str()]);
     }

@@ -223,7 +223,7 @@ async fn open_topic(settings: &Settings, args: &GenArgs) -> anyhow::Result<(Stri
         .topic
         .clone()
         .unwrap_or_else(|| settings.kafka.activity_topic.clone());
-    let kafka = wiring::kafka_settings(settings);
+    let kafka = wiring::kafka_settings(settings)?;
     if settings.kafka.create_topics {
         admin::ensure_topics(&kafka, &[(&topic, settings.kafka.create_partitions)]).await?;
     }

@@ -6,6 +6,7 @@ mod inspect;
 mod observe;
 mod replay;
 mod run;
+mod security;
 mod settings;
 mod tail;
 mod wiring;

@@ -80,9 +80,31 @@ pub fn record_clock_lag(metrics: &Metrics, engine: &Engine, now_ms: i64) {
 }
 
 /// RocksDB size estimates; cheap, but sampled rather than read per batch.
-pub fn record_store_stats(metrics: &Metrics, engine: &Engine) {
+/// RocksDB's cumulative statistics as last read, so that counters advance by the difference.
+#[derive(Default)]
+pub struct StoreCounters {
+    hits: u64,
+    misses: u64,
+    stall_micros: u64,
+}
+
+pub fn record_store_stats(metrics: &Metrics, engine: &Engine, last: &mut StoreCounters) {
     match engine.store().stats() {
         Ok(stats) => {
+            metrics
+                .state_block_cache_hits
+                .inc_by(stats.block_cache_hits.saturating_sub(last.hits));
+            metrics
+                .state_block_cache_misses
+                .inc_by(stats.block_cache_misses.saturating_sub(last.misses));
+            metrics
+                .state_write_stall
+                .inc_by(stats.write_stall_micros.saturating_sub(last.stall_micros) as f64 / 1e6);
+            *last = StoreCounters {
+                hits: stats.block_cache_hits,
+                misses: stats.block_cache_misses,
+                stall_micros: stats.write_stall_micros,
+            };
             metrics.state_live_data.set(stats.live_data_bytes as i64);
             metrics.state_users.set(stats.profiles_estimate as i64);
             metrics

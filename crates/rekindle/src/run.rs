@@ -23,7 +23,7 @@ use tracing::{debug, error, info, info_span, warn, Instrument};
 use crate::dead_letter::dead_letter;
 use crate::observe::{
     record_clock_lag, record_readiness, record_store_stats, seconds_between, wall_ms,
-    WorkerObserver,
+    StoreCounters, WorkerObserver,
 };
 use crate::settings::Settings;
 use crate::wiring;
@@ -35,7 +35,7 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 const EXIT_GRACE_EXPIRED: i32 = 3;
 
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
-    let kafka = wiring::kafka_settings(&settings);
+    let kafka = wiring::kafka_settings(&settings)?;
     if settings.kafka.create_topics {
         let partitions = settings.kafka.create_partitions;
         admin::ensure_topics(
@@ -141,6 +141,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     );
     let mut last_progress = Instant::now();
     let mut emitted = Emitted::default();
+    let mut store_counters = StoreCounters::default();
     let mut batch_no: u64 = 0;
     while !*shutdown.borrow() {
         let batch = source
@@ -151,18 +152,31 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             )
             .await?;
         for change in source.assignment_changes() {
-            // Every batch is committed before the next read, so a revoked partition has
-            // nothing pending: closing it only drops its cached handle.
-            if let Assignment::Revoked(partitions) = change {
-                for p in partitions {
-                    engine.close_partition(p);
+            match change {
+                // Every batch is committed before the next read, so a revoked partition has
+                // nothing pending: closing it only drops its cached handle.
+                Assignment::Revoked(partitions) => {
+                    for p in partitions {
+                        engine.close_partition(p);
+                    }
+                }
+                // Opening the state before the first record makes restore time visible on
+                // its own rather than hidden in the first batch.
+                Assignment::Assigned(partitions) => {
+                    for p in partitions {
+                        let started = Instant::now();
+                        engine.open_partition(p)?;
+                        metrics
+                            .state_restore_duration
+                            .observe(started.elapsed().as_secs_f64());
+                    }
                 }
             }
         }
         if batch.is_empty() {
             if last_progress.elapsed() >= PROGRESS_EVERY {
                 last_progress = Instant::now();
-                record_store_stats(&metrics, &engine);
+                record_store_stats(&metrics, &engine, &mut store_counters);
                 record_clock_lag(&metrics, &engine, wall_ms());
             }
             continue;
@@ -277,7 +291,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         if last_progress.elapsed() >= PROGRESS_EVERY {
             last_progress = Instant::now();
             wiring::log_stats("progress", &engine);
-            record_store_stats(&metrics, &engine);
+            record_store_stats(&metrics, &engine, &mut store_counters);
             metrics.producer_in_flight.set(i64::from(sink.in_flight()));
         }
     }

@@ -12,6 +12,8 @@ use rekindle_rules::{
 };
 use serde::Deserialize;
 
+use crate::security::SecurityConfig;
+
 pub const DEFAULTS: &str = include_str!("defaults.toml");
 
 #[derive(Debug, Clone, Deserialize)]
@@ -50,6 +52,13 @@ pub struct KafkaConfig {
     pub audit_topic: Option<String>,
     pub create_topics: bool,
     pub create_partitions: i32,
+    /// Static membership: a stable id per worker (the pod name on Kubernetes), so that a
+    /// restarting worker gets its partitions back instead of triggering a rebalance.
+    #[serde(default)]
+    pub group_instance_id: Option<String>,
+    /// TLS and SASL.
+    #[serde(default)]
+    pub security: SecurityConfig,
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
     #[serde(default)]
@@ -162,6 +171,15 @@ impl Settings {
         }
         if self.log.format != "pretty" && self.log.format != "json" {
             return fail("log.format", "must be \"pretty\" or \"json\"");
+        }
+        self.kafka.security.librdkafka_properties()?;
+        if self
+            .kafka
+            .group_instance_id
+            .as_deref()
+            .is_some_and(|id| id.trim().is_empty())
+        {
+            return fail("kafka.group_instance_id", "must not be empty when set");
         }
         if self
             .kafka

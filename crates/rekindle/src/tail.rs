@@ -30,7 +30,7 @@ pub async fn tail(settings: &Settings, args: &TailArgs) -> anyhow::Result<()> {
         .topic
         .clone()
         .unwrap_or_else(|| settings.kafka.trigger_topic.clone());
-    let kafka = wiring::kafka_settings(settings);
+    let kafka = wiring::kafka_settings(settings)?;
     // A fresh group each time: tail reads the topic from the beginning and commits nothing
     // that matters.
     let group = format!("rekindle-tail-{}", std::process::id());

@@ -26,13 +26,28 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
-pub fn kafka_settings(settings: &Settings) -> KafkaSettings {
-    KafkaSettings {
-        brokers: settings.kafka.brokers.clone(),
-        common: settings.kafka.properties.clone(),
-        consumer: settings.kafka.consumer.clone(),
-        producer: settings.kafka.producer.clone(),
+/// The librdkafka configuration: `[kafka.security]` first, so that explicit
+/// `kafka.properties` entries can still override it; the static-membership id goes to the
+/// consumer only.
+pub fn kafka_settings(settings: &Settings) -> anyhow::Result<KafkaSettings> {
+    let mut common: std::collections::BTreeMap<String, String> = settings
+        .kafka
+        .security
+        .librdkafka_properties()?
+        .into_iter()
+        .map(|(k, v)| (k, v.expose().to_string()))
+        .collect();
+    common.extend(settings.kafka.properties.clone());
+    let mut consumer = settings.kafka.consumer.clone();
+    if let Some(id) = &settings.kafka.group_instance_id {
+        consumer.insert("group.instance.id".into(), id.clone());
     }
+    Ok(KafkaSettings {
+        brokers: settings.kafka.brokers.clone(),
+        common,
+        consumer,
+        producer: settings.kafka.producer.clone(),
+    })
 }
 
 pub fn open_store(settings: &Settings, dir: &std::path::Path) -> anyhow::Result<Store> {
