@@ -22,15 +22,17 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-# The Helm chart check: the real Helm engine (helm-sdkpy bundles it; it declares a newer
+# The Helm chart check needs the real Helm engine (helm-sdkpy bundles it; it declares a newer
 # Python than Debian's 3.11 but runs on it) and the Kubernetes schemas.
-if ! python3 -c "import helm_sdkpy, kubernetes_validate, yaml" >/dev/null 2>&1; then
-  echo "setup: installing helm-sdkpy, kubernetes-validate, pyyaml (pip)" >&2
+# moto: a local S3 server, the durable storage of the broker in the outage test.
+if ! python3 -c "import helm_sdkpy, kubernetes_validate, yaml, moto.server" >/dev/null 2>&1 \
+  || ! command -v moto_server >/dev/null 2>&1; then
+  echo "setup: installing helm-sdkpy, kubernetes-validate, pyyaml, moto (pip)" >&2
   if ! python3 -m pip --version >/dev/null 2>&1; then
     as_root apt-get update -qq
     DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq python3-pip >/dev/null
   fi
-  packages=(helm-sdkpy kubernetes-validate pyyaml)
+  packages=(helm-sdkpy kubernetes-validate pyyaml "moto[server]")
   pip_install() {
     python3 -m pip install --quiet --disable-pip-version-check --ignore-requires-python "$@" "${packages[@]}"
   }

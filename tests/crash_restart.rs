@@ -1,10 +1,12 @@
-//! SIGKILL the worker mid-stream, several times, and restart it on the same state: no
-//! trigger may be lost, and a trigger delivered twice must carry the same trigger_id.
+//! SIGKILL the worker mid-stream, at ten random points of a 200k-event stream, restarting it
+//! on the same state each time: no trigger may be lost, and a trigger delivered twice must
+//! carry the same trigger_id.
 
 mod support;
 
 use std::time::Duration;
 
+use rand::{Rng, SeedableRng};
 use support::broker::Batching;
 use support::scenario::{assert_delivered_at_least_once, unique_ids, Scenario};
 use support::worker::{write_config, TriggerReader, Worker};
@@ -13,10 +15,11 @@ use support::worker::{write_config, TriggerReader, Worker};
 fn killed_and_restarted_worker_loses_no_trigger() {
     let Scenario {
         broker,
+        events,
         expected,
         dir,
-        ..
-    } = Scenario::start(12_000, 11, Batching::OnePerBatch);
+    } = Scenario::start(24_500, 11, Batching::OnePerBatch);
+    assert!(events.len() >= 200_000, "{} events", events.len());
     let config = write_config(
         dir.path(),
         &broker.address,
@@ -26,8 +29,12 @@ fn killed_and_restarted_worker_loses_no_trigger() {
     );
     let log = dir.path().join("worker.log");
     let mut reader = TriggerReader::new(&broker.address, "triggers");
+    // Ten kill points, random but reproducible, spread over the stream.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(2026);
+    let mut fractions: Vec<f64> = (0..10).map(|_| rng.random_range(0.03..0.9)).collect();
+    fractions.sort_by(f64::total_cmp);
     let mut kills = 0;
-    for fraction in [0.15, 0.4, 0.65] {
+    for fraction in fractions {
         let worker = Worker::start(&config, &log);
         let target = (expected.len() as f64 * fraction) as usize;
         reader.read_until(Duration::from_secs(120), |d| d.len() >= target);
@@ -38,8 +45,8 @@ fn killed_and_restarted_worker_loses_no_trigger() {
         }
     }
     assert!(
-        kills >= 2,
-        "the worker must be killed mid-stream (it finished too early)"
+        kills >= 10,
+        "the worker must be killed mid-stream ten times (it finished too early)"
     );
     let worker = Worker::start(&config, &log);
     reader.read_until(Duration::from_secs(180), |d| {

@@ -1,14 +1,18 @@
-//! A tansu broker on a free loopback port, stopped when dropped.
+//! A tansu broker on a free loopback port, stopped when dropped; optionally with durable
+//! storage in a local S3 server, so that it can be stopped and restarted.
 
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub struct Broker {
     child: Child,
     pub address: String,
-    _dir: tempfile::TempDir,
+    storage: String,
+    env: Vec<(String, String)>,
+    dir: tempfile::TempDir,
 }
 
 fn tansu_binary() -> PathBuf {
@@ -30,40 +34,150 @@ pub fn free_port() -> u16 {
 }
 
 impl Broker {
+    /// A broker with in-memory storage.
     pub fn start() -> Broker {
-        let port = free_port();
-        let address = format!("127.0.0.1:{port}");
+        Broker::start_with("memory://tansu/".into(), Vec::new())
+    }
+
+    /// A broker whose topics, records and committed offsets live in `store`, so that it can
+    /// be stopped and started again without losing anything: a real outage.
+    pub fn start_durable(store: &ObjectStore) -> Broker {
+        Broker::start_with(format!("s3://{}/", store.bucket), store.env())
+    }
+
+    fn start_with(storage: String, env: Vec<(String, String)>) -> Broker {
+        let address = format!("127.0.0.1:{}", free_port());
         // tansu reads a .env file from its working directory: give it an empty one.
         let dir = tempfile::tempdir().expect("broker directory");
-        let log = std::fs::File::create(dir.path().join("tansu.log")).expect("broker log");
-        let child = Command::new(tansu_binary())
-            .args([
-                "broker",
-                "--listener-url",
-                &format!("tcp://{address}"),
-                "--advertised-listener-url",
-                &format!("tcp://{address}"),
-                "--storage-engine",
-                "memory://tansu/",
-            ])
-            .current_dir(dir.path())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("tansu must be installed (deploy/broker/tansu.sh install)");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(&address).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "tansu did not listen on {address}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let child = spawn_tansu(&address, &storage, &env, dir.path());
         Broker {
             child,
             address,
-            _dir: dir,
+            storage,
+            env,
+            dir,
         }
+    }
+
+    /// Shuts the broker down (SIGTERM, as a service manager would), waiting for it to exit:
+    /// connections drop and nothing answers until [`Broker::restart`]. A SIGKILL is not
+    /// used: tansu acknowledges writes before its object store has them, so killing it
+    /// loses acknowledged records, which no Kafka client could survive.
+    pub fn stop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the broker again on the same address and storage.
+    pub fn restart(&mut self) {
+        self.child = spawn_tansu(&self.address, &self.storage, &self.env, self.dir.path());
+    }
+}
+
+fn spawn_tansu(address: &str, storage: &str, env: &[(String, String)], dir: &Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("tansu.log"))
+        .expect("broker log");
+    let child = Command::new(tansu_binary())
+        .args([
+            "broker",
+            "--listener-url",
+            &format!("tcp://{address}"),
+            "--advertised-listener-url",
+            &format!("tcp://{address}"),
+            "--storage-engine",
+            storage,
+        ])
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("tansu must be installed (deploy/broker/tansu.sh install)");
+    wait_listening(address, "tansu");
+    child
+}
+
+fn wait_listening(address: &str, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(address).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not listen on {address}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A local S3 server (moto) with a fresh bucket, for a broker with durable storage.
+pub struct ObjectStore {
+    child: Child,
+    address: String,
+    pub bucket: String,
+}
+
+impl ObjectStore {
+    pub fn start() -> ObjectStore {
+        let port = free_port();
+        let address = format!("127.0.0.1:{port}");
+        let child = Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("moto_server must be installed (deploy/setup.sh)");
+        wait_listening(&address, "moto_server");
+        let bucket = format!("rekindle-{}-{port}", std::process::id());
+        // S3 CreateBucket: PUT /bucket. moto does not check signatures.
+        let mut stream = TcpStream::connect(&address).expect("moto");
+        write!(
+            stream,
+            "PUT /{bucket} HTTP/1.1\r\nHost: {address}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        .expect("create bucket");
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).expect("moto answers");
+        assert!(
+            answer.starts_with("HTTP/1.1 200"),
+            "create bucket: {answer}"
+        );
+        ObjectStore {
+            child,
+            address,
+            bucket,
+        }
+    }
+
+    fn env(&self) -> Vec<(String, String)> {
+        [
+            ("AWS_ENDPOINT", format!("http://{}", self.address)),
+            ("AWS_ALLOW_HTTP", "true".into()),
+            ("AWS_ACCESS_KEY_ID", "test".into()),
+            ("AWS_SECRET_ACCESS_KEY", "test".into()),
+            ("AWS_DEFAULT_REGION", "us-east-1".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+}
+
+impl Drop for ObjectStore {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -197,6 +311,6 @@ pub fn produce_log(brokers: &str, topic: &str, records: &[LogRecord], batching: 
         producer.poll(Duration::ZERO);
     }
     producer
-        .flush(Duration::from_secs(60))
+        .flush(Duration::from_secs(180))
         .expect("all records acknowledged");
 }

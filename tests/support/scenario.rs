@@ -21,7 +21,11 @@ pub struct Scenario {
 impl Scenario {
     /// `users` scripted users (seeded) over the last 60 days, produced to "activity".
     pub fn start(users: usize, seed: u64, batching: Batching) -> Scenario {
-        let broker = Broker::start();
+        Scenario::start_on(Broker::start(), users, seed, batching)
+    }
+
+    /// The same, on a broker the caller started (a durable one, for outages).
+    pub fn start_on(broker: Broker, users: usize, seed: u64, batching: Batching) -> Scenario {
         let t0 = (now_ms() - 60 * DAY).div_euclid(DAY) * DAY;
         let events = scripted(users, t0, seed);
         let expected = expected(&events, now_ms());

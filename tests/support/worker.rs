@@ -204,6 +204,17 @@ impl Worker {
         }
     }
 
+    /// Resident memory of the worker process, in bytes (Linux).
+    pub fn rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map_or(0, |kb| kb * 1024)
+    }
+
     pub fn log(&self) -> PathBuf {
         self.log.clone()
     }
@@ -325,11 +336,18 @@ pub struct TriggerReader {
     pub delivered: Vec<Delivered>,
 }
 
+/// A consumer group of its own for every reader: each reads the topic from the beginning.
+fn reader_group() -> String {
+    static READERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = READERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("test-reader-{}-{n}", std::process::id())
+}
+
 impl TriggerReader {
     pub fn new(brokers: &str, topic: &str) -> TriggerReader {
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", brokers)
-            .set("group.id", format!("test-reader-{}", std::process::id()))
+            .set("group.id", reader_group())
             .set("auto.offset.reset", "earliest")
             .set("enable.auto.commit", "false")
             .set("fetch.wait.max.ms", "10")
@@ -361,7 +379,15 @@ impl TriggerReader {
 
     fn poll_once(&mut self) {
         if let Some(result) = self.consumer.poll(Duration::from_millis(100)) {
-            let message = result.expect("trigger topic readable");
+            let message = match result {
+                Ok(message) => message,
+                Err(e) => {
+                    // A broker that is restarting: librdkafka reconnects on its own.
+                    eprintln!("trigger reader: {e}");
+                    std::thread::sleep(Duration::from_millis(200));
+                    return;
+                }
+            };
             let mut d = decode_trigger(&self.schema, message.payload().expect("trigger payload"));
             d.key = message
                 .key()

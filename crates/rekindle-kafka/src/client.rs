@@ -68,7 +68,9 @@ impl KafkaSettings {
             .set("bootstrap.servers", &self.brokers)
             .set("enable.idempotence", "true")
             .set("acks", "all")
-            .set("linger.ms", "5");
+            .set("linger.ms", "5")
+            // Broker states for readiness come from the producer's statistics too.
+            .set("statistics.interval.ms", "5000");
         apply(&mut config, &self.common);
         apply(&mut config, &self.producer);
         config

@@ -18,7 +18,7 @@ mod tick;
 pub use client::{is_secret_property, KafkaSettings};
 pub use error::KafkaError;
 pub use rdkafka::message::{BorrowedMessage, Message};
-pub use sink::{Outgoing, Sink};
+pub use sink::{Outgoing, Producer, Sink, SinkContext};
 pub use source::{
     source_record, Assignment, NoObserver, ResumeLookup, Source, SourceObserver, SourceRecord,
 };

@@ -1,23 +1,56 @@
+use std::sync::Arc;
+
+use rdkafka::client::ClientContext;
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use tracing::error;
 
-use crate::{KafkaError, KafkaSettings};
+use crate::source::brokers_up;
+use crate::{KafkaError, KafkaSettings, SourceObserver};
+
+/// The producer's callbacks. They run on librdkafka's own polling thread, so broker
+/// reachability is reported even while the worker waits on acknowledgements and polls no
+/// consumer.
+pub struct SinkContext {
+    observer: Arc<dyn SourceObserver>,
+}
+
+impl ClientContext for SinkContext {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
+            self.observer.all_brokers_down();
+        }
+        error!(error = %error, reason, "librdkafka producer error");
+    }
+
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        self.observer.brokers_up(brokers_up(&statistics));
+    }
+}
+
+/// The producer type of a [`Sink`], shared with the clock ticker.
+pub type Producer = FutureProducer<SinkContext>;
 
 /// An idempotent producer whose sends are awaited until the broker has every record.
 #[derive(Clone)]
 pub struct Sink {
-    producer: FutureProducer,
+    producer: Producer,
 }
 
 impl Sink {
-    pub fn new(settings: &KafkaSettings) -> Result<Sink, KafkaError> {
+    pub fn new(
+        settings: &KafkaSettings,
+        observer: Arc<dyn SourceObserver>,
+    ) -> Result<Sink, KafkaError> {
         Ok(Sink {
-            producer: settings.producer_config().create()?,
+            producer: settings
+                .producer_config()
+                .create_with_context(SinkContext { observer })?,
         })
     }
 
-    pub fn producer(&self) -> FutureProducer {
+    pub fn producer(&self) -> Producer {
         self.producer.clone()
     }
 

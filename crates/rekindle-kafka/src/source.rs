@@ -31,6 +31,8 @@ pub trait SourceObserver: Send + Sync {
     fn revoked(&self, _partitions: &[u32]) {}
     /// librdkafka reports that no broker can be reached.
     fn all_brokers_down(&self) {}
+    /// From librdkafka's statistics: how many broker connections are up.
+    fn brokers_up(&self, _up: usize) {}
     /// From librdkafka's statistics: records between the high watermark and the committed
     /// position of an owned partition.
     fn lag(&self, _partition: u32, _records: i64) {}
@@ -58,6 +60,7 @@ impl ClientContext for SourceContext {
     }
 
     fn stats(&self, statistics: rdkafka::Statistics) {
+        self.observer.brokers_up(brokers_up(&statistics));
         if let Some(topic) = statistics.topics.get(&self.topic) {
             for (partition, p) in &topic.partitions {
                 if let Ok(partition) = u32::try_from(*partition) {
@@ -68,6 +71,15 @@ impl ClientContext for SourceContext {
             }
         }
     }
+}
+
+/// Broker connections librdkafka reports as up (bootstrap entries included).
+pub(crate) fn brokers_up(statistics: &rdkafka::Statistics) -> usize {
+    statistics
+        .brokers
+        .values()
+        .filter(|b| b.state == "UP")
+        .count()
 }
 
 impl SourceContext {

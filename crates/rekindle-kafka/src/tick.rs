@@ -3,7 +3,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
+
+use crate::sink::Producer;
 use tokio::sync::watch;
 use tracing::warn;
 
@@ -22,17 +24,13 @@ pub fn tick_time(payload: &[u8]) -> Option<i64> {
 /// after every record written before it, so a backlog is always processed before the clock
 /// jumps to "now", and a replay of the log sees the very same ticks.
 pub struct ClockTicker {
-    producer: FutureProducer,
+    producer: Producer,
     topic: String,
     owned: Arc<Mutex<BTreeSet<u32>>>,
 }
 
 impl ClockTicker {
-    pub fn new(
-        producer: FutureProducer,
-        topic: &str,
-        owned: Arc<Mutex<BTreeSet<u32>>>,
-    ) -> ClockTicker {
+    pub fn new(producer: Producer, topic: &str, owned: Arc<Mutex<BTreeSet<u32>>>) -> ClockTicker {
         ClockTicker {
             producer,
             topic: topic.to_string(),

@@ -227,7 +227,10 @@ async fn open_topic(settings: &Settings, args: &GenArgs) -> anyhow::Result<(Stri
     if settings.kafka.create_topics {
         admin::ensure_topics(&kafka, &[(&topic, settings.kafka.create_partitions)]).await?;
     }
-    Ok((topic, Sink::new(&kafka)?))
+    Ok((
+        topic,
+        Sink::new(&kafka, std::sync::Arc::new(rekindle_kafka::NoObserver))?,
+    ))
 }
 
 async fn produce(

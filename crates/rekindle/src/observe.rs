@@ -43,6 +43,15 @@ impl SourceObserver for WorkerObserver {
         }
     }
 
+    fn brokers_up(&self, up: usize) {
+        if up == 0 {
+            self.health.set_brokers_down();
+        } else {
+            self.health.set_broker_reachable();
+        }
+        record_readiness(&self.metrics, &self.health);
+    }
+
     fn all_brokers_down(&self) {
         self.health.set_brokers_down();
         self.metrics.ready.set(0);

@@ -80,18 +80,19 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             .flatten()
             .map(|m| m.next_offset)
     });
+    let observer = Arc::new(WorkerObserver {
+        metrics: metrics.clone(),
+        health: health.clone(),
+    });
     let source = Source::new(
         &kafka,
         &settings.kafka.group_id,
         &settings.kafka.activity_topic,
         resume,
         owned.clone(),
-        Arc::new(WorkerObserver {
-            metrics: metrics.clone(),
-            health: health.clone(),
-        }),
+        observer.clone(),
     )?;
-    let sink = Sink::new(&kafka)?;
+    let sink = Sink::new(&kafka, observer)?;
 
     let (shutdown_tx, shutdown) = watch::channel(false);
     let grace = settings.pipeline.shutdown_grace;
@@ -186,8 +187,6 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         async {
             let owned_now = owned.lock().map(|o| o.clone()).unwrap_or_default();
             let fetched_at = wall_ms();
-            health.set_broker_reachable();
-            record_readiness(&metrics, &health);
             if tracing::enabled!(tracing::Level::DEBUG) {
                 let mut ranges: std::collections::BTreeMap<u32, (i64, i64)> = Default::default();
                 for m in &batch {
@@ -200,6 +199,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             }
             emitted.clear();
             let mut rejected: Vec<(SourceRecord<'_>, EventError)> = Vec::new();
+            // Synchronous: the guard is dropped before the next await.
+            let process_span = info_span!("process").entered();
             for message in &batch {
                 let record = source_record(message);
                 if !owned_now.contains(&record.partition) {
@@ -223,6 +224,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
                     Disposition::Applied { event_ms: None } | Disposition::Skipped => {}
                 }
             }
+            drop(process_span);
             let triggers = &emitted.triggers;
             let mut encoded: Vec<Vec<u8>> = Vec::with_capacity(triggers.len());
             for trigger in triggers {
@@ -268,6 +270,12 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
                     return Err(e.into());
                 }
             };
+            // An acknowledgement is proof of a reachable broker; a fetched batch is not (it
+            // may come from librdkafka's local prefetch queue while the broker is down).
+            if acked > 0 {
+                health.set_broker_reachable();
+                record_readiness(&metrics, &health);
+            }
             let acked_at = wall_ms();
             for trigger in triggers {
                 metrics.trigger_latency.observe(seconds_between(trigger.due_at_ms, acked_at));
@@ -278,7 +286,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             let acked = acked.saturating_sub(rejected.len() + audit_count);
             metrics.triggers_acked.inc_by(acked as u64);
             metrics.audit_acked.inc_by(audit_count as u64);
-            engine.commit()?;
+            info_span!("commit").in_scope(|| engine.commit())?;
             if let Err(e) = source.commit_progress(&engine.positions()) {
                 // Progress reporting only: the stored offsets are what a restart uses.
                 warn!(error = %e, "committing progress to the consumer group failed");
