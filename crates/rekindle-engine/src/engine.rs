@@ -221,8 +221,8 @@ impl Engine {
         let user = event.user_id.as_str();
         let profile = state.profile_mut(user)?;
         let wake_before = profile.wake_at_ms;
-        let mut deleted = false;
-        match event.kind() {
+        // `None`: the user is deleted; otherwise the user's next wake-up.
+        let next = match event.kind() {
             EventKind::Activity => {
                 let activity = Activity {
                     timestamp_ms: event.timestamp_ms,
@@ -230,22 +230,24 @@ impl Engine {
                     amount: event.amount,
                     timezone: event.timezone.as_deref(),
                 };
-                rules.on_activity(user, profile, activity, now, outcome);
+                Some(rules.on_activity(user, profile, activity, now, outcome))
             }
-            EventKind::OptOut => rules.on_opt_out(profile, now, outcome),
-            EventKind::OptIn => rules.on_opt_in(profile),
+            EventKind::OptOut => Some(rules.on_opt_out(profile, now, outcome)),
+            EventKind::OptIn => Some(rules.on_opt_in(profile, now)),
             EventKind::UserDeleted => {
                 rules.on_delete(profile, now, outcome);
-                deleted = true;
+                None
             }
-        }
-        if deleted {
-            state.move_timer(user, wake_before, None);
-            state.delete_profile(user);
-        } else {
-            let next = rules.next_wake(profile, now);
-            profile.wake_at_ms = next;
-            state.move_timer(user, wake_before, next);
+        };
+        match next {
+            Some(next) => {
+                profile.wake_at_ms = next;
+                state.move_timer(user, wake_before, next);
+            }
+            None => {
+                state.move_timer(user, wake_before, None);
+                state.delete_profile(user);
+            }
         }
         report(rules, &self.metrics, &mut self.stats, state, outcome, out);
         if let Some(series) = self.partition_series.get(&partition) {
@@ -294,8 +296,7 @@ impl Engine {
                 // A stale index entry: the user's timer moved after it was written.
                 continue;
             }
-            rules.on_wake(&timer.user_id, profile, now_ms, outcome);
-            let next = rules.next_wake(profile, now_ms);
+            let next = rules.on_wake(&timer.user_id, profile, now_ms, outcome);
             profile.wake_at_ms = next;
             state.move_timer(&timer.user_id, None, next);
             report(rules, &self.metrics, &mut self.stats, state, outcome, out);

@@ -103,6 +103,7 @@ impl RuleBook {
     }
 
     /// Applies one activity, then evaluates the user at `now_ms` (the pipeline clock).
+    /// Returns the user's next wake-up, as [`RuleBook::next_wake`] would.
     pub fn on_activity(
         &self,
         user_id: &str,
@@ -110,7 +111,7 @@ impl RuleBook {
         activity: Activity<'_>,
         now_ms: i64,
         out: &mut Outcome,
-    ) {
+    ) -> Option<i64> {
         if let Some(zone) = activity.timezone {
             if profile.timezone.as_deref() != Some(zone) && time_zone(zone).is_some() {
                 profile.timezone = Some(zone.to_string());
@@ -134,17 +135,26 @@ impl RuleBook {
                 }
             }
         }
-        self.evaluate(user_id, profile, now_ms, out);
+        self.evaluate(user_id, profile, now_ms, out)
     }
 
     /// An `opt_out` event: nothing goes out until `opt_in`; a deferred trigger is cancelled.
-    pub fn on_opt_out(&self, profile: &mut UserProfile, now_ms: i64, out: &mut Outcome) {
+    /// Returns the user's next wake-up.
+    pub fn on_opt_out(
+        &self,
+        profile: &mut UserProfile,
+        now_ms: i64,
+        out: &mut Outcome,
+    ) -> Option<i64> {
         profile.opted_out = true;
         self.cancel_deferred(profile, Reason::OptedOut, now_ms, out);
+        self.next_wake(profile, now_ms)
     }
 
-    pub fn on_opt_in(&self, profile: &mut UserProfile) {
+    /// Returns the user's next wake-up.
+    pub fn on_opt_in(&self, profile: &mut UserProfile, now_ms: i64) -> Option<i64> {
         profile.opted_out = false;
+        self.next_wake(profile, now_ms)
     }
 
     /// A `user_deleted` event: reports what the deletion cancels; the caller then removes
@@ -177,14 +187,15 @@ impl RuleBook {
     }
 
     /// The user's timer fired: evaluate at `now_ms`.
+    /// Returns the user's next wake-up, as [`RuleBook::next_wake`] would.
     pub fn on_wake(
         &self,
         user_id: &str,
         profile: &mut UserProfile,
         now_ms: i64,
         out: &mut Outcome,
-    ) {
-        self.evaluate(user_id, profile, now_ms, out);
+    ) -> Option<i64> {
+        self.evaluate(user_id, profile, now_ms, out)
     }
 
     /// The next time this user needs looking at without new activity, strictly after
@@ -193,10 +204,18 @@ impl RuleBook {
         let rules = self
             .rules
             .iter()
-            .filter_map(|r| r.candidate(profile, now_ms).map(|c| c.due_ms));
+            .filter_map(|r| r.candidate(profile, now_ms).map(|c| c.due_ms))
+            .min();
+        self.wake(profile, now_ms, rules)
+    }
+
+    /// The earliest of the rules' earliest deadline, the next stage change and a deferred
+    /// release, never at or before `now_ms`.
+    fn wake(&self, profile: &UserProfile, now_ms: i64, rules: Option<i64>) -> Option<i64> {
         let stage = self.lifecycle.next_change(profile, now_ms);
         let release = profile.deferred.as_ref().map(|d| d.release_ms);
         rules
+            .into_iter()
             .chain(stage)
             .chain(release)
             .map(|t| t.max(now_ms.saturating_add(1)))
@@ -211,7 +230,17 @@ impl RuleBook {
             .collect()
     }
 
-    fn evaluate(&self, user_id: &str, profile: &mut UserProfile, now_ms: i64, out: &mut Outcome) {
+    /// Decides everything due at `now_ms` and returns the next wake-up. Each rule's
+    /// candidate is computed once, and again only for a rule that just fired (its memory
+    /// changed); a rule's candidate depends on the activity and its own memory alone, so
+    /// another rule's decision cannot move it.
+    fn evaluate(
+        &self,
+        user_id: &str,
+        profile: &mut UserProfile,
+        now_ms: i64,
+        out: &mut Outcome,
+    ) -> Option<i64> {
         out.stage(self.lifecycle.settle(profile, now_ms));
         if profile
             .deferred
@@ -229,53 +258,80 @@ impl RuleBook {
             }
         }
         let mut slot_taken = profile.deferred.is_some();
+        let mut rules_wake: Option<i64> = None;
         for rule in &self.rules {
-            let Some(candidate) = rule
-                .candidate(profile, now_ms)
-                .filter(|c| c.due_ms <= now_ms)
-            else {
-                continue;
-            };
-            let trigger = self.explain(rule, user_id, profile, candidate, now_ms);
-            let memory = profile.memory_mut(rule.id());
-            memory.episode_ms = candidate.episode_ms;
-            memory.fired_at_ms = now_ms;
-            let in_cooldown = memory
-                .last_sent_ms
-                .is_some_and(|sent| now_ms < sent.saturating_add(rule.cooldown_ms()));
-            let verdict = if rule.mode() == RuleMode::Shadow {
-                Some(Reason::Shadow)
-            } else if slot_taken {
-                Some(Reason::Outranked)
-            } else if profile.opted_out {
-                Some(Reason::OptedOut)
-            } else if in_cooldown {
-                Some(Reason::Cooldown)
-            } else if self.capped(profile, now_ms) {
-                Some(Reason::Capped)
-            } else {
-                None
-            };
-            if let Some(reason) = verdict {
-                self.decide(profile, trigger, Verdict::Suppressed(reason), out);
-                continue;
-            }
-            slot_taken = true;
-            let release = self
-                .quiet
-                .as_ref()
-                .and_then(|q| q.release_at(profile.timezone.as_deref(), now_ms));
-            match release {
-                Some(release_ms) => {
-                    profile.deferred = Some(Deferred {
-                        trigger: trigger.clone(),
-                        priority: rule.priority(),
-                        release_ms,
-                    });
-                    self.decide(profile, trigger, Verdict::Deferred { release_ms }, out);
+            let due_later = match rule.candidate(profile, now_ms) {
+                None => None,
+                Some(candidate) if candidate.due_ms > now_ms => Some(candidate.due_ms),
+                Some(candidate) => {
+                    self.fire(
+                        rule,
+                        candidate,
+                        user_id,
+                        profile,
+                        now_ms,
+                        &mut slot_taken,
+                        out,
+                    );
+                    rule.candidate(profile, now_ms).map(|c| c.due_ms)
                 }
-                None => self.deliver(user_id, profile, trigger, now_ms, out),
+            };
+            rules_wake = rules_wake.into_iter().chain(due_later).min();
+        }
+        self.wake(profile, now_ms, rules_wake)
+    }
+
+    /// One due candidate through the policies, in order.
+    #[allow(clippy::too_many_arguments)]
+    fn fire(
+        &self,
+        rule: &Rule,
+        candidate: Candidate,
+        user_id: &str,
+        profile: &mut UserProfile,
+        now_ms: i64,
+        slot_taken: &mut bool,
+        out: &mut Outcome,
+    ) {
+        let trigger = self.explain(rule, user_id, profile, candidate, now_ms);
+        let memory = profile.memory_mut(rule.id());
+        memory.episode_ms = candidate.episode_ms;
+        memory.fired_at_ms = now_ms;
+        let in_cooldown = memory
+            .last_sent_ms
+            .is_some_and(|sent| now_ms < sent.saturating_add(rule.cooldown_ms()));
+        let verdict = if rule.mode() == RuleMode::Shadow {
+            Some(Reason::Shadow)
+        } else if *slot_taken {
+            Some(Reason::Outranked)
+        } else if profile.opted_out {
+            Some(Reason::OptedOut)
+        } else if in_cooldown {
+            Some(Reason::Cooldown)
+        } else if self.capped(profile, now_ms) {
+            Some(Reason::Capped)
+        } else {
+            None
+        };
+        if let Some(reason) = verdict {
+            self.decide(profile, trigger, Verdict::Suppressed(reason), out);
+            return;
+        }
+        *slot_taken = true;
+        let release = self
+            .quiet
+            .as_ref()
+            .and_then(|q| q.release_at(profile.timezone.as_deref(), now_ms));
+        match release {
+            Some(release_ms) => {
+                profile.deferred = Some(Deferred {
+                    trigger: trigger.clone(),
+                    priority: rule.priority(),
+                    release_ms,
+                });
+                self.decide(profile, trigger, Verdict::Deferred { release_ms }, out);
             }
+            None => self.deliver(user_id, profile, trigger, now_ms, out),
         }
     }
 

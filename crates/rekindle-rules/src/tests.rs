@@ -79,8 +79,14 @@ impl Sim {
             }
             self.now = wake;
             let mut out = Outcome::default();
-            self.book
+            let next = self
+                .book
                 .on_wake(&self.user, &mut self.profile, wake, &mut out);
+            assert_eq!(
+                next,
+                self.book.next_wake(&self.profile, wake),
+                "on_wake's wake-up"
+            );
             self.take(out);
         }
         self.now = self.now.max(t);
@@ -95,8 +101,14 @@ impl Sim {
             amount: 0.0,
             timezone,
         };
-        self.book
-            .on_activity(&self.user, &mut self.profile, activity, self.now, &mut out);
+        let next =
+            self.book
+                .on_activity(&self.user, &mut self.profile, activity, self.now, &mut out);
+        assert_eq!(
+            next,
+            self.book.next_wake(&self.profile, self.now),
+            "on_activity's wake-up"
+        );
         self.take(out);
     }
 
@@ -542,7 +554,8 @@ fn opted_out_users_get_nothing_until_they_opt_in() {
     let mut out = Outcome::default();
     sim.book.on_opt_out(&mut sim.profile, sim.now, &mut out);
     sim.run_until(T0 + 20 * DAY);
-    sim.book.on_opt_in(&mut sim.profile);
+    let next = sim.book.on_opt_in(&mut sim.profile, sim.now);
+    assert_eq!(next, sim.book.next_wake(&sim.profile, sim.now));
     for d in [21, 22, 23] {
         sim.act(T0 + d * DAY);
     }
