@@ -16,7 +16,7 @@ pub struct KafkaSettings {
 }
 
 /// Property names whose values are secrets (passwords, keys, tokens, JAAS lines).
-pub fn is_secret_property(name: &str) -> bool {
+fn is_secret_property(name: &str) -> bool {
     ["password", "secret", "key.pem", "token", "jaas"]
         .iter()
         .any(|word| name.contains(word))

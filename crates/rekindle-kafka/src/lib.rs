@@ -15,7 +15,7 @@ mod sink;
 mod source;
 mod tick;
 
-pub use client::{is_secret_property, KafkaSettings};
+pub use client::KafkaSettings;
 pub use error::KafkaError;
 pub use rdkafka::message::{BorrowedMessage, Message};
 pub use sink::{Outgoing, Producer, Sink, SinkContext};

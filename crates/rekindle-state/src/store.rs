@@ -132,11 +132,6 @@ impl Store {
         Ok(found)
     }
 
-    /// The stored timer entry of one user, found through their profile.
-    pub fn wake_of(&self, partition: u32, user_id: &str) -> Result<Option<i64>, StateError> {
-        Ok(self.profile(partition, user_id)?.and_then(|p| p.wake_at_ms))
-    }
-
     fn check_format(&self) -> Result<(), StateError> {
         let meta = self.cf(CF_META)?;
         match self.db.get_pinned_cf(meta, FORMAT_KEY)? {
