@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
 use support::broker::Batching;
-use support::scenario::{assert_delivered_at_least_once, unique_ids, Scenario};
+use support::scenario::{finish_and_check, Scenario};
 use support::worker::{write_config, TriggerReader, Worker};
 
 #[test]
@@ -49,13 +49,7 @@ fn killed_and_restarted_worker_loses_no_trigger() {
         "the worker must be killed mid-stream ten times (it finished too early)"
     );
     let worker = Worker::start(&config, &log);
-    reader.read_until(Duration::from_secs(180), |d| {
-        unique_ids(d) >= expected.len()
-    });
-    reader.read_for(Duration::from_secs(2));
-    assert!(worker.stop().success());
-
-    assert_delivered_at_least_once(&expected, &reader.delivered);
+    finish_and_check(worker, &mut reader, &expected, Duration::from_secs(180));
     eprintln!(
         "delivered {} triggers for {} expected after {kills} kills ({} duplicates)",
         reader.delivered.len(),

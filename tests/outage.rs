@@ -7,7 +7,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use support::broker::{Batching, Broker, ObjectStore};
-use support::scenario::{assert_delivered_at_least_once, unique_ids, Scenario};
+use support::scenario::{finish_and_check, unique_ids, Scenario};
 use support::worker::{http_get, write_config_with, TriggerReader, Worker, WorkerOptions};
 
 const OUTAGE: Duration = Duration::from_secs(30);
@@ -79,15 +79,7 @@ fn a_30_second_broker_outage_loses_nothing() {
     // Everything delivered, read afresh: the first reader sat through the outage too.
     drop(reader);
     let mut reader = TriggerReader::new(&broker.address, "triggers");
-    reader.read_until(Duration::from_secs(240), |d| {
-        unique_ids(d) >= expected.len()
-    });
-    reader.read_for(Duration::from_secs(2));
-    assert!(
-        worker.stop().success(),
-        "the worker exits cleanly after the outage"
-    );
-    assert_delivered_at_least_once(&expected, &reader.delivered);
+    finish_and_check(worker, &mut reader, &expected, Duration::from_secs(240));
     // Waiting on a dead broker holds one batch and its unacknowledged sends, nothing more.
     assert!(
         peak_rss < 512 * 1024 * 1024,

@@ -7,7 +7,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use support::broker::Batching;
-use support::scenario::{assert_delivered_at_least_once, unique_ids, Scenario};
+use support::scenario::{finish_and_check, Scenario};
 use support::worker::{log_lines, write_config, TriggerReader, Worker};
 
 /// `shutdown_grace` in the test configuration, plus slack for process start-up and exit.
@@ -54,11 +54,5 @@ fn sigterm_with_a_frozen_broker_exits_within_the_grace_period_and_loses_nothing(
     assert!(!log_lines(&log, "shutdown requested: finishing the current batch").is_empty());
 
     let worker = Worker::start(&config, &log);
-    reader.read_until(Duration::from_secs(180), |d| {
-        unique_ids(d) >= expected.len()
-    });
-    reader.read_for(Duration::from_secs(2));
-    assert!(worker.stop().success());
-
-    assert_delivered_at_least_once(&expected, &reader.delivered);
+    finish_and_check(worker, &mut reader, &expected, Duration::from_secs(180));
 }

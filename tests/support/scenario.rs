@@ -2,12 +2,13 @@
 //! activity topic, empty trigger and dead-letter topics, and a directory for the worker.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use rekindle_events::ActivityEvent;
 
 use super::broker::{create_topic, produce, Batching, Broker};
 use super::histories::{assert_same_episodes, avro_payloads, expected, scripted, Episode};
-use super::worker::{Delivered, DEAD_LETTERS};
+use super::worker::{Delivered, TriggerReader, Worker, DEAD_LETTERS};
 use super::{now_ms, DAY};
 
 pub struct Scenario {
@@ -48,6 +49,21 @@ impl Scenario {
             dir,
         }
     }
+}
+
+/// The end of every fault test: read until every expected trigger arrived (or `timeout`
+/// passed), keep reading for 2 s to catch extras, stop `worker` (it must exit 0) and check
+/// what was delivered.
+pub fn finish_and_check(
+    worker: Worker,
+    reader: &mut TriggerReader,
+    expected: &BTreeSet<Episode>,
+    timeout: Duration,
+) {
+    reader.read_until(timeout, |d| unique_ids(d) >= expected.len());
+    reader.read_for(Duration::from_secs(2));
+    assert!(worker.stop().success(), "the worker exits 0 at the end");
+    assert_delivered_at_least_once(expected, &reader.delivered);
 }
 
 /// Distinct trigger ids delivered so far.
