@@ -1,37 +1,44 @@
 #!/usr/bin/env bash
-# Runs the long broker tests (crash_restart: 200k events and ten SIGKILLs; outage: a 30 s
-# broker outage) side by side: they spend most of their time waiting on brokers and
-# restarts, so together they take about as long as the longer one.
+# Runs the long broker tests in two lanes side by side: crash_restart (200k events, ten
+# SIGKILLs) in one; the 30 s broker outage, the 12-partition rebalance and the exactly-once
+# test on the mock cluster in the other. They spend most of their time waiting on brokers
+# and restarts, so the lanes together take about as long as the longer one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-tests=(crash_restart outage)
+lanes=("crash_restart" "outage rebalance exactly_once")
 args=()
-for t in "${tests[@]}"; do args+=(--test "$t"); done
+for lane in "${lanes[@]}"; do for t in $lane; do args+=(--test "$t"); done; done
 executables=$(cargo test --release --locked --no-run "${args[@]}" --message-format=json \
   | python3 -c 'import json, sys
 for line in sys.stdin:
     message = json.loads(line)
     if message.get("executable") and message.get("target", {}).get("kind") == ["test"]:
-        print(message["executable"])')
+        print(message["target"]["name"], message["executable"])')
 logs=$(mktemp -d)
+executable_of() { echo "$executables" | awk -v n="$1" '$1 == n { print $2 }'; }
+run_lane() {
+  local status=0
+  for t in $1; do
+    local exe
+    exe=$(executable_of "$t")
+    [ -n "$exe" ] || { echo "long-tests: no test binary for $t" >&2; return 1; }
+    local started=$SECONDS
+    if "$exe" --nocapture >"$logs/$t.log" 2>&1; then
+      echo "long-tests: $t passed in $((SECONDS - started)) s"
+    else
+      status=1
+      echo "long-tests: $t FAILED; its output:" >&2
+      grep -v '^trigger reader:' "$logs/$t.log" | tail -n 40 >&2
+    fi
+  done
+  return $status
+}
 pids=()
-names=()
-for exe in $executables; do
-  name=$(basename "$exe")
-  "$exe" --nocapture >"$logs/$name.log" 2>&1 &
+for lane in "${lanes[@]}"; do
+  run_lane "$lane" &
   pids+=($!)
-  names+=("$name")
 done
-[ ${#pids[@]} -eq ${#tests[@]} ] || { echo "long-tests: expected ${#tests[@]} test binaries, found ${#pids[@]}" >&2; exit 1; }
 status=0
-for i in "${!pids[@]}"; do
-  if wait "${pids[$i]}"; then
-    echo "long-tests: ${names[$i]} passed"
-  else
-    status=1
-    echo "long-tests: ${names[$i]} FAILED; its output:" >&2
-  fi
-  grep -v '^trigger reader:' "$logs/${names[$i]}.log" | tail -n 40
-done
+for pid in "${pids[@]}"; do wait "$pid" || status=1; done
 rm -rf "$logs"
 exit $status

@@ -82,7 +82,7 @@ proptest! {
         for (offset, kind) in records.into_iter().enumerate() {
             engine.process(Record { partition: 0, offset: offset as i64, kind }, &mut emitted).expect("process");
             if offset % commit_every == 0 {
-                engine.commit().expect("commit");
+                engine.commit(&[]).expect("commit");
             }
         }
         let fired = &emitted.triggers;

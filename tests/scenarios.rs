@@ -420,6 +420,7 @@ fn a_live_worker_produces_the_same_records_as_replay() {
                 tick_interval: "0s",
                 rules: &rules,
                 audit_topic: Some(&audit),
+                ..WorkerOptions::default()
             },
         );
         let worker = Worker::start(&config, &worker_dir.join("worker.log"));

@@ -61,6 +61,8 @@ pub struct WorkerOptions<'a> {
     /// `[rules.*]`, `[lifecycle]` and `[policy.*]` tables.
     pub rules: &'a str,
     pub audit_topic: Option<&'a str>,
+    /// Extra lines for the `[kafka]` table (group_instance_id, exactly_once, ...).
+    pub kafka: &'a str,
 }
 
 impl Default for WorkerOptions<'_> {
@@ -69,6 +71,7 @@ impl Default for WorkerOptions<'_> {
             tick_interval: "100ms",
             rules: LAPSED_ONLY,
             audit_topic: None,
+            kafka: "",
         }
     }
 }
@@ -116,6 +119,7 @@ activity_topic = "{activity}"
 trigger_topic = "{triggers}"
 dead_letter_topic = "{DEAD_LETTERS}"
 {audit}
+{kafka_extra}
 
 [kafka.consumer]
 "fetch.wait.max.ms" = "10"
@@ -145,6 +149,7 @@ level = "info"
 listen = "127.0.0.1:{http_port}"
 "#,
         http_port = crate::support::broker::free_port(),
+        kafka_extra = options.kafka,
         state = state.display()
     );
     std::fs::File::create(&path)
@@ -160,6 +165,11 @@ pub struct Worker {
 
 impl Worker {
     pub fn start(config: &Path, log: &Path) -> Worker {
+        Worker::start_with_env(config, log, &[])
+    }
+
+    /// Started with extra environment variables.
+    pub fn start_with_env(config: &Path, log: &Path, env: &[(&str, &str)]) -> Worker {
         let log_file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -167,6 +177,7 @@ impl Worker {
             .expect("worker log");
         let child = Command::new(rekindle_binary())
             .args(["--config", config.to_str().expect("utf-8 path"), "run"])
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log_file)
             .spawn()
@@ -217,6 +228,18 @@ impl Worker {
 
     pub fn log(&self) -> PathBuf {
         self.log.clone()
+    }
+
+    /// Waits up to `limit` for the process to exit by itself.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
     }
 }
 

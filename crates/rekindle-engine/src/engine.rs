@@ -2,7 +2,7 @@ use std::collections::HashMap;
 
 use rekindle_events::{ActivityEvent, AuditRecord, EventDecoder, EventError, EventKind};
 use rekindle_rules::{Activity, LifecycleStage, Outcome, RuleBook, Verdict};
-use rekindle_state::{PartitionState, Store};
+use rekindle_state::{ChangelogRecord, PartitionState, Store};
 use rekindle_telemetry::{Metrics, PartitionSeries};
 use tracing::{debug, warn};
 
@@ -77,6 +77,17 @@ impl Engine {
     pub fn open_partition(&mut self, partition: u32) -> Result<Option<i64>, EngineError> {
         let state = self.partition(partition)?;
         Ok(state.resume_offset())
+    }
+
+    /// Drops the current batch's changes: every open partition goes back to its stored
+    /// state (after a failed transaction, before the batch is read again).
+    pub fn rollback(&mut self) -> Result<(), EngineError> {
+        let open: Vec<u32> = self.partitions.keys().copied().collect();
+        self.partitions.clear();
+        for partition in open {
+            self.partition(partition)?;
+        }
+        Ok(())
     }
 
     /// Forgets a partition. Call [`Engine::commit`] first: uncommitted changes are dropped.
@@ -220,6 +231,17 @@ impl Engine {
         let now = state.clock_ms();
         let user = event.user_id.as_str();
         let profile = state.profile_mut(user)?;
+        if profile
+            .applied_offset
+            .is_some_and(|applied| offset <= applied)
+        {
+            // Restored from a changelog that ran ahead of the partition's position: this
+            // user's profile already has the event.
+            self.metrics.records_skipped_replayed.inc();
+            self.stats.skipped_replayed += 1;
+            return Ok(Disposition::Skipped);
+        }
+        profile.applied_offset = Some(offset);
         let wake_before = profile.wake_at_ms;
         // `None`: the user is deleted; otherwise the user's next wake-up.
         let next = match event.kind() {
@@ -304,10 +326,29 @@ impl Engine {
         Ok(())
     }
 
-    /// Writes every open partition's batch. Call once the batch's triggers are safely out.
-    pub fn commit(&mut self) -> Result<(), EngineError> {
+    /// The current batch's changes as changelog records, per partition (only partitions
+    /// the batch changed). Call before [`Engine::commit`].
+    pub fn changelog(&mut self) -> Result<Vec<(u32, Vec<ChangelogRecord>)>, EngineError> {
+        let mut out = Vec::new();
         for (partition, state) in &mut self.partitions {
-            state.flush()?;
+            let records = state.changelog_records()?;
+            if !records.is_empty() {
+                out.push((*partition, records));
+            }
+        }
+        out.sort_by_key(|(p, _)| *p);
+        Ok(out)
+    }
+
+    /// Writes every open partition's batch. Call once the batch's triggers are safely out.
+    /// `changelog_next`: per partition, the changelog offset after this batch's records.
+    pub fn commit(&mut self, changelog_next: &[(u32, i64)]) -> Result<(), EngineError> {
+        for (partition, state) in &mut self.partitions {
+            let next = changelog_next
+                .iter()
+                .find(|(p, _)| p == partition)
+                .map(|(_, n)| *n);
+            state.flush(next)?;
             if let Some(series) = self.partition_series.get(partition) {
                 series.clock_time.set(state.clock_ms() as f64 / 1000.0);
                 series.pending_timers.set(state.meta().pending_timers);

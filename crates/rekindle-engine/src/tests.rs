@@ -172,7 +172,7 @@ fn records_below_the_stored_offset_are_skipped_after_restart() {
         for d in 0..3 {
             f.event("a", T0 + d * DAY);
         }
-        e.commit().expect("commit");
+        e.commit(&[]).expect("commit");
     }
     let mut e = engine(dir.path());
     assert_eq!(e.open_partition(0).expect("open"), Some(3));
@@ -205,7 +205,7 @@ fn uncommitted_batches_replay_to_the_same_triggers() {
         f.tick(T0 + 11 * DAY);
         let fired: Vec<ReactivationTrigger> = f.out.triggers.drain(..).collect();
         if commit {
-            e.commit().expect("commit");
+            e.commit(&[]).expect("commit");
         }
         fired
     };
@@ -339,7 +339,7 @@ fn deletion_removes_the_profile_its_timer_and_its_stage_count() {
     f.record(typed("a", T0 + 3 * DAY, "user_deleted"));
     f.tick(T0 + 20 * DAY);
     assert_eq!(f.fired(), vec![("b".to_string(), T0 + 2 * DAY)]);
-    e.commit().expect("commit");
+    e.commit(&[]).expect("commit");
     assert_eq!(e.store().profile(0, "a").expect("read"), None);
     assert!(e.store().profile(0, "b").expect("read").is_some());
     let timers = e
@@ -394,7 +394,7 @@ fn a_tick_touches_only_the_users_with_something_due() {
     for u in 0..2_000 {
         f.event(&format!("u{u}"), T0 + 14 * DAY + u);
     }
-    e.commit().expect("commit");
+    e.commit(&[]).expect("commit");
     assert_eq!(e.profiles_touched(0), 0);
     let mut out = Emitted::default();
     // Only "early" is due (its lapse and its at_risk stage): the tick loads no one else.
@@ -412,5 +412,83 @@ fn a_tick_touches_only_the_users_with_something_due() {
         e.profiles_touched(0),
         1,
         "evaluation is proportional to due timers, not to users"
+    );
+}
+
+/// The history of `changelog_restore_*`: two engaged users, committed; then a batch where
+/// `a` returns on day 4 and the clock passes `b`'s deadline.
+fn first_batch(f: &mut Feed<'_>) {
+    f.two_engaged_users();
+}
+
+fn second_batch(f: &mut Feed<'_>) {
+    f.event("a", T0 + 4 * DAY);
+    f.tick(T0 + 10 * DAY);
+}
+
+#[test]
+fn changelog_restore_after_a_crash_between_changelog_and_commit_counts_nothing_twice() {
+    // The uninterrupted run.
+    let whole = tempfile::tempdir().expect("dir");
+    let mut reference = engine(whole.path());
+    let mut f = Feed::new(&mut reference);
+    first_batch(&mut f);
+    second_batch(&mut f);
+    let fired_once = f.fired();
+    reference.commit(&[]).expect("commit");
+
+    // The crashed run: batch 1 committed with its changelog; batch 2's profile records went
+    // out, its meta record and the local commit did not.
+    let lost = tempfile::tempdir().expect("dir");
+    let mut crashed = engine(lost.path());
+    let mut f = Feed::new(&mut crashed);
+    first_batch(&mut f);
+    let mut log: Vec<_> = f.engine.changelog().expect("changelog").remove(0).1;
+    f.engine.commit(&[]).expect("commit");
+    second_batch(&mut f);
+    assert_eq!(f.fired(), fired_once);
+    let tail = f.engine.changelog().expect("changelog").remove(0).1;
+    log.extend(tail.into_iter().filter(|r| r.key != b"m"));
+
+    // A new worker with an empty disk restores the partition, then reads from the stored
+    // position: batch 2 again.
+    let empty = tempfile::tempdir().expect("dir");
+    let store = Store::open(empty.path(), &StoreOptions::default()).expect("store");
+    let mut restore = store.restore(0, true).expect("restore");
+    for r in &log {
+        restore.apply(&r.key, r.value.as_deref()).expect("apply");
+    }
+    let summary = restore.finish(log.len() as i64).expect("finish");
+    assert_eq!(summary.meta.map(|m| m.next_offset), Some(6));
+    drop(store);
+    let mut restored = engine(empty.path());
+    assert_eq!(restored.open_partition(0).expect("open"), Some(6));
+    let mut f = Feed::new(&mut restored);
+    f.next = 6;
+    second_batch(&mut f);
+    assert!(
+        f.fired().is_empty(),
+        "b's trigger went out before the changelog and is in b's profile"
+    );
+    assert_eq!(restored.stats().skipped_replayed, 1, "a's day-4 event");
+    restored.commit(&[]).expect("commit");
+    for user in ["a", "b"] {
+        assert_eq!(
+            restored.store().profile(0, user).expect("read"),
+            reference.store().profile(0, user).expect("read"),
+            "{user}"
+        );
+    }
+    assert_eq!(
+        restored
+            .store()
+            .meta(0)
+            .expect("meta")
+            .map(|m| (m.next_offset, m.stage_users)),
+        reference
+            .store()
+            .meta(0)
+            .expect("meta")
+            .map(|m| (m.next_offset, m.stage_users))
     );
 }

@@ -55,6 +55,9 @@ impl KafkaSettings {
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "false")
+            // Only the partitions that must move are revoked in a rebalance; the others keep
+            // processing (and keep their open state).
+            .set("partition.assignment.strategy", "cooperative-sticky")
             // Consumer lag and other figures come from librdkafka's statistics.
             .set("statistics.interval.ms", "5000");
         apply(&mut config, &self.common);

@@ -1,13 +1,14 @@
 use std::sync::Arc;
+use std::time::Duration;
 
 use rdkafka::client::ClientContext;
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
 use tracing::error;
 
 use crate::source::brokers_up;
-use crate::{KafkaError, KafkaSettings, SourceObserver};
+use crate::{KafkaError, KafkaSettings, Source, SourceObserver};
 
 /// The producer's callbacks. They run on librdkafka's own polling thread, so broker
 /// reachability is reported even while the worker waits on acknowledgements and polls no
@@ -32,11 +33,16 @@ impl ClientContext for SinkContext {
 /// The producer type of a [`Sink`], shared with the clock ticker.
 pub type Producer = FutureProducer<SinkContext>;
 
-/// An idempotent producer whose sends are awaited until the broker has every record.
+/// An idempotent producer whose sends are awaited until the broker has every record;
+/// optionally transactional.
 #[derive(Clone)]
 pub struct Sink {
     producer: Producer,
+    transactional: bool,
 }
+
+/// How long a transaction step may take before it is reported as failed.
+const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl Sink {
     pub fn new(
@@ -47,7 +53,90 @@ impl Sink {
             producer: settings
                 .producer_config()
                 .create_with_context(SinkContext { observer })?,
+            transactional: false,
         })
+    }
+
+    /// A transactional producer (`transactional.id`, stable per worker so that a restarted
+    /// worker fences its previous incarnation). Blocks until the broker registered it.
+    pub fn transactional(
+        settings: &KafkaSettings,
+        transactional_id: &str,
+        observer: Arc<dyn SourceObserver>,
+    ) -> Result<Sink, KafkaError> {
+        let mut config = settings.producer_config();
+        config.set("transactional.id", transactional_id);
+        let producer: Producer = config.create_with_context(SinkContext { observer })?;
+        blocking(|| producer.init_transactions(TRANSACTION_TIMEOUT)).map_err(transaction_error)?;
+        Ok(Sink {
+            producer,
+            transactional: true,
+        })
+    }
+
+    pub fn is_transactional(&self) -> bool {
+        self.transactional
+    }
+
+    pub fn begin(&self) -> Result<(), KafkaError> {
+        self.producer.begin_transaction().map_err(transaction_error)
+    }
+
+    /// Adds the consumed positions to the transaction and commits it: triggers, changelog
+    /// and input offsets become visible together or not at all.
+    pub fn commit(&self, source: &Source, next_offsets: &[(u32, i64)]) -> Result<(), KafkaError> {
+        let offsets = source.offsets(next_offsets)?;
+        let metadata = source
+            .group_metadata()
+            .ok_or_else(|| KafkaError::Transaction {
+                abortable: true,
+                reason: "no consumer group metadata (not in a group yet)".into(),
+            })?;
+        retrying(|| {
+            self.producer
+                .send_offsets_to_transaction(&offsets, &metadata, TRANSACTION_TIMEOUT)
+        })?;
+        retrying(|| self.producer.commit_transaction(TRANSACTION_TIMEOUT))
+    }
+
+    /// Aborts the open transaction: none of its records become visible to `read_committed`
+    /// consumers.
+    pub fn abort(&self) -> Result<(), KafkaError> {
+        blocking(|| self.producer.abort_transaction(TRANSACTION_TIMEOUT)).map_err(transaction_error)
+    }
+
+    /// Sends changelog records to the partition of the same number as their state's, and
+    /// returns per partition the offset after its last record.
+    pub async fn send_changelog<'a>(
+        &self,
+        topic: &str,
+        records: impl IntoIterator<Item = (u32, &'a [u8], Option<&'a [u8]>)>,
+    ) -> Result<Vec<(u32, i64)>, KafkaError> {
+        let mut pending: Vec<(u32, DeliveryFuture)> = Vec::new();
+        let mut next: std::collections::BTreeMap<u32, i64> = Default::default();
+        for (partition, key, value) in records {
+            loop {
+                let mut record = FutureRecord::<[u8], [u8]>::to(topic)
+                    .partition(partition as i32)
+                    .key(key);
+                if let Some(value) = value {
+                    record = record.payload(value);
+                }
+                match self.producer.send_result(record) {
+                    Ok(delivery) => {
+                        pending.push((partition, delivery));
+                        break;
+                    }
+                    Err((
+                        rdkafka::error::KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull),
+                        _,
+                    )) => await_changelog(&mut pending, &mut next, topic).await?,
+                    Err((e, _)) => return Err(e.into()),
+                }
+            }
+        }
+        await_changelog(&mut pending, &mut next, topic).await?;
+        Ok(next.into_iter().collect())
     }
 
     pub fn producer(&self) -> Producer {
@@ -56,7 +145,6 @@ impl Sink {
 
     /// Records handed to the producer and not yet acknowledged (ticks included).
     pub fn in_flight(&self) -> i32 {
-        use rdkafka::producer::Producer;
         self.producer.in_flight_count()
     }
 
@@ -113,6 +201,81 @@ pub struct Outgoing<'a> {
     pub key: Option<&'a [u8]>,
     pub payload: &'a [u8],
     pub headers: Vec<(&'static str, String)>,
+}
+
+async fn await_changelog(
+    pending: &mut Vec<(u32, DeliveryFuture)>,
+    next: &mut std::collections::BTreeMap<u32, i64>,
+    topic: &str,
+) -> Result<(), KafkaError> {
+    for (partition, delivery) in pending.drain(..) {
+        match delivery.await {
+            Ok(Ok(delivered)) => {
+                let after = delivered.offset + 1;
+                let slot = next.entry(partition).or_insert(after);
+                *slot = (*slot).max(after);
+            }
+            Ok(Err((e, _))) => {
+                return Err(KafkaError::Delivery {
+                    topic: topic.to_string(),
+                    reason: e.to_string(),
+                })
+            }
+            Err(_) => {
+                return Err(KafkaError::Delivery {
+                    topic: topic.to_string(),
+                    reason: "producer dropped the record".into(),
+                })
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs a blocking librdkafka call without stalling the async runtime's other tasks.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
+/// Retries a transaction step that librdkafka reports as retriable (a timeout, a coordinator
+/// that is loading): the step is safe to call again, and aborting instead could race a
+/// commit that did reach the coordinator.
+fn retrying(step: impl Fn() -> rdkafka::error::KafkaResult<()>) -> Result<(), KafkaError> {
+    const ATTEMPTS: usize = 5;
+    let mut attempt = 1;
+    loop {
+        match blocking(&step) {
+            Ok(()) => return Ok(()),
+            Err(rdkafka::error::KafkaError::Transaction(e))
+                if e.is_retriable() && attempt < ATTEMPTS =>
+            {
+                tracing::warn!(error = %e, attempt, "transaction step failed; retrying");
+                attempt += 1;
+            }
+            Err(e) => return Err(transaction_error(e)),
+        }
+    }
+}
+
+fn transaction_error(e: rdkafka::error::KafkaError) -> KafkaError {
+    match &e {
+        rdkafka::error::KafkaError::Transaction(inner) if inner.is_fatal() => {
+            KafkaError::Transaction {
+                abortable: false,
+                reason: e.to_string(),
+            }
+        }
+        rdkafka::error::KafkaError::Transaction(inner) => KafkaError::Transaction {
+            abortable: inner.txn_requires_abort() || inner.is_retriable(),
+            reason: e.to_string(),
+        },
+        _ => KafkaError::Client(e),
+    }
 }
 
 async fn await_all(pending: &mut Vec<(DeliveryFuture, &str)>) -> Result<usize, KafkaError> {

@@ -19,10 +19,18 @@ use crate::{KafkaError, KafkaSettings};
 pub enum Assignment {
     Assigned(Vec<u32>),
     Revoked(Vec<u32>),
+    /// The partition's state could not be prepared (its restore failed): the worker must
+    /// not process it.
+    Failed {
+        partition: u32,
+        reason: String,
+    },
 }
 
-/// Where a newly assigned partition resumes: the next offset its stored state has not seen.
-pub type ResumeLookup = Arc<dyn Fn(u32) -> Option<i64> + Send + Sync>;
+/// Where a newly assigned partition resumes: the next offset its stored state has not seen
+/// (`None`: no state, start from the group's offset). Called when the partition is assigned,
+/// before anything of it is fetched: the place to restore missing state. Blocking is allowed.
+pub type ResumeLookup = Arc<dyn Fn(u32) -> Result<Option<i64>, String> + Send + Sync>;
 
 /// What the consumer tells the rest of the worker (metrics, readiness). Called from
 /// librdkafka's callbacks: implementations must be quick and must not block.
@@ -116,7 +124,17 @@ impl ConsumerContext for SourceContext {
                 let partitions = self.partitions(tpl);
                 let mut resume_at = Vec::with_capacity(partitions.len());
                 for p in &partitions {
-                    let next = (self.resume)(*p);
+                    let next = match (self.resume)(*p) {
+                        Ok(next) => next,
+                        Err(reason) => {
+                            error!(partition = p, %reason, "cannot prepare the partition's state");
+                            self.notify(Assignment::Failed {
+                                partition: *p,
+                                reason,
+                            });
+                            None
+                        }
+                    };
                     resume_at.push((*p, next));
                     if let Some(next) = next {
                         if let Err(e) =
@@ -249,6 +267,34 @@ impl Source {
     /// Assignment changes since the last call, in order.
     pub fn assignment_changes(&self) -> Vec<Assignment> {
         self.changes.try_iter().collect()
+    }
+
+    /// Next offsets as a list for the transactional producer.
+    pub(crate) fn offsets(
+        &self,
+        next_offsets: &[(u32, i64)],
+    ) -> Result<TopicPartitionList, KafkaError> {
+        let mut tpl = TopicPartitionList::new();
+        for (partition, next) in next_offsets {
+            tpl.add_partition_offset(&self.topic, *partition as i32, Offset::Offset(*next))?;
+        }
+        Ok(tpl)
+    }
+
+    pub(crate) fn group_metadata(&self) -> Option<rdkafka::consumer::ConsumerGroupMetadata> {
+        self.consumer.group_metadata()
+    }
+
+    /// Moves owned partitions back to the given offsets, so that a batch whose transaction
+    /// was aborted is read again.
+    pub fn rewind(&self, next_offsets: &[(u32, i64)]) -> Result<(), KafkaError> {
+        if next_offsets.is_empty() {
+            return Ok(());
+        }
+        let tpl = self.offsets(next_offsets)?;
+        self.consumer
+            .seek_partitions(tpl, std::time::Duration::from_secs(10))?;
+        Ok(())
     }
 
     /// Reports progress to the group. Asynchronous: state, not the group, is the truth.

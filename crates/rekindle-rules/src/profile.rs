@@ -105,6 +105,11 @@ pub struct UserProfile {
     pub opted_out: bool,
     /// Latest decisions, oldest first, at most [`RECENT_DECISIONS`].
     pub recent: Vec<DecisionNote>,
+    /// Offset (in the user's partition) of the latest event applied to this profile. A
+    /// profile restored from a changelog can be ahead of its partition's stored offset (a
+    /// batch that crashed after its changelog records were sent): its own events at or
+    /// below this offset are then already in it and are not applied twice.
+    pub applied_offset: Option<i64>,
 }
 
 /// What recording one activity did to the profile.

@@ -6,17 +6,26 @@
 //! |------------|---------------------------------------|-------------------------------|
 //! | `profiles` | partition, user id                    | the user's profile (postcard) |
 //! | `timers`   | partition, due time (ordered), user id| empty                         |
-//! | `meta`     | partition                             | next offset and clock         |
+//! | `meta`     | partition                             | next offset, clock, counts, changelog position |
 //!
 //! A [`PartitionState`] buffers one batch of changes in memory and writes them with the
 //! batch's next offset and clock in a single RocksDB `WriteBatch`, so state, timers and
 //! offsets can never disagree after a crash.
+//!
+//! The same changes can go to a changelog topic ([`PartitionState::changelog_records`]) and
+//! come back through [`Store::restore`] on a worker that lacks the partition's disk.
 
+mod changelog;
 mod error;
 mod keys;
 mod partition;
+mod restore;
 mod store;
 
+pub use changelog::{
+    decode_entry, ChangelogEntry, ChangelogMeta, ChangelogRecord, CHANGELOG_VERSION,
+};
 pub use error::StateError;
 pub use partition::{DueTimer, PartitionState};
+pub use restore::{Restore, RestoreSummary};
 pub use store::{PartitionMeta, Store, StoreOptions, StoreStats};

@@ -3,6 +3,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use rekindle_rules::UserProfile;
 use rocksdb::WriteBatch;
 
+use crate::changelog::{meta_record, profile_record, tombstone, ChangelogMeta, ChangelogRecord};
 use crate::keys::{partition_prefix, profile_key, timer_key};
 use crate::store::{CF_META, CF_PROFILES, CF_TIMERS};
 use crate::{PartitionMeta, StateError, Store};
@@ -33,6 +34,11 @@ pub struct PartitionState {
     scanned_through: Option<i64>,
     /// No timer is due before this; may be early (a stale entry), never late.
     next_due: Option<i64>,
+    /// The position or counts changed since the last flush.
+    meta_dirty: bool,
+    /// Profiles encoded for the changelog, reused by the flush that follows unless a
+    /// profile was touched in between.
+    encoded: Option<Vec<(String, Vec<u8>)>>,
 }
 
 impl PartitionState {
@@ -49,6 +55,8 @@ impl PartitionState {
             timers_deleted: HashSet::new(),
             scanned_through: None,
             next_due: store.next_timer(partition, i64::MIN)?,
+            meta_dirty: false,
+            encoded: None,
         })
     }
 
@@ -66,6 +74,7 @@ impl PartitionState {
     }
 
     pub fn set_next_offset(&mut self, next_offset: i64) {
+        self.meta_dirty |= !self.has_meta || self.meta.next_offset != next_offset;
         self.meta.next_offset = next_offset;
         self.has_meta = true;
     }
@@ -75,11 +84,13 @@ impl PartitionState {
     }
 
     pub fn set_clock_ms(&mut self, clock_ms: i64) {
+        self.meta_dirty |= self.meta.clock_ms != clock_ms;
         self.meta.clock_ms = clock_ms;
     }
 
     /// Applies a lifecycle stage change to the partition's per-stage user counts.
     pub fn count_stage_change(&mut self, from: Option<usize>, to: Option<usize>) {
+        self.meta_dirty = true;
         if let Some(slot) = from.and_then(|i| self.meta.stage_users.get_mut(i)) {
             *slot = slot.saturating_sub(1);
         }
@@ -91,12 +102,14 @@ impl PartitionState {
     /// Forgets a user: the profile is removed at flush. The caller removes the user's timer
     /// (it knows the time from the profile).
     pub fn delete_profile(&mut self, user_id: &str) {
+        self.encoded = None;
         self.profiles.remove(user_id);
         self.deleted.insert(user_id.to_string());
     }
 
     /// The user's profile, loaded once per batch and written back at flush.
     pub fn profile_mut(&mut self, user_id: &str) -> Result<&mut UserProfile, StateError> {
+        self.encoded = None;
         if !self.profiles.contains_key(user_id) {
             // A user deleted earlier in this batch starts afresh, whatever is stored.
             let stored = if self.deleted.remove(user_id) {
@@ -120,6 +133,7 @@ impl PartitionState {
         if from == to {
             return;
         }
+        self.meta_dirty = true;
         if from.is_some() {
             self.meta.pending_timers = self.meta.pending_timers.saturating_sub(1);
         }
@@ -170,6 +184,7 @@ impl PartitionState {
             self.timers_deleted.insert(key.clone());
         }
         let taken = i64::try_from(due.len()).unwrap_or(i64::MAX);
+        self.meta_dirty |= taken > 0;
         self.meta.pending_timers = self.meta.pending_timers.saturating_sub(taken);
         self.scanned_through = Some(self.scanned_through.map_or(now_ms, |s| s.max(now_ms)));
         let stored_next = self
@@ -191,17 +206,61 @@ impl PartitionState {
         self.profiles.len()
     }
 
+    /// True when the batch changed anything a flush would write.
+    pub fn is_dirty(&self) -> bool {
+        self.meta_dirty || !self.profiles.is_empty() || !self.deleted.is_empty()
+    }
+
+    fn encode_profiles(&mut self) -> Result<&[(String, Vec<u8>)], StateError> {
+        if self.encoded.is_none() {
+            let mut encoded = Vec::with_capacity(self.profiles.len());
+            for (user, profile) in &self.profiles {
+                let value = postcard::to_allocvec(profile).map_err(|e| StateError::Encode {
+                    what: "profile",
+                    reason: e.to_string(),
+                })?;
+                encoded.push((user.clone(), value));
+            }
+            self.encoded = Some(encoded);
+        }
+        Ok(self.encoded.as_deref().unwrap_or_default())
+    }
+
+    /// The batch's changes as changelog records: touched profiles, deleted users, then the
+    /// position (last, so that a reader knows the batch is complete). Empty when the batch
+    /// changed nothing.
+    pub fn changelog_records(&mut self) -> Result<Vec<ChangelogRecord>, StateError> {
+        let mut records = Vec::new();
+        if !self.is_dirty() {
+            return Ok(records);
+        }
+        for (user, value) in self.encode_profiles()? {
+            records.push(profile_record(user, value));
+        }
+        for user in &self.deleted {
+            records.push(tombstone(user));
+        }
+        if self.has_meta {
+            records.push(meta_record(ChangelogMeta {
+                next_offset: self.meta.next_offset,
+                clock_ms: self.meta.clock_ms,
+            })?);
+        }
+        Ok(records)
+    }
+
     /// Writes the batch's profiles, timers, next offset and clock atomically.
-    pub fn flush(&mut self) -> Result<(), StateError> {
+    /// `changelog_next`: the changelog offset after this batch's records, when they were sent.
+    pub fn flush(&mut self, changelog_next: Option<i64>) -> Result<(), StateError> {
+        if changelog_next.is_some() {
+            self.meta.changelog_next = changelog_next;
+        }
+        self.encode_profiles()?;
         let profiles_cf = self.store.cf(CF_PROFILES)?;
         let timers_cf = self.store.cf(CF_TIMERS)?;
         let meta_cf = self.store.cf(CF_META)?;
         let mut batch = WriteBatch::default();
-        for (user, profile) in &self.profiles {
-            let value = postcard::to_allocvec(profile).map_err(|e| StateError::Encode {
-                what: "profile",
-                reason: e.to_string(),
-            })?;
+        for (user, value) in self.encoded.as_deref().unwrap_or_default() {
             batch.put_cf(profiles_cf, profile_key(self.partition, user), value);
         }
         for user in &self.deleted {
@@ -221,6 +280,8 @@ impl PartitionState {
             batch.put_cf(meta_cf, partition_prefix(self.partition), meta);
         }
         self.store.db().write(batch)?;
+        self.meta_dirty = false;
+        self.encoded = None;
         self.profiles.clear();
         self.deleted.clear();
         self.timers_added.clear();
@@ -250,7 +311,7 @@ mod tests {
         p.move_timer("alice", None, Some(100));
         p.set_next_offset(17);
         p.set_clock_ms(50);
-        p.flush().expect("flush");
+        p.flush(None).expect("flush");
         drop(p);
         drop(store);
 
@@ -282,15 +343,15 @@ mod tests {
         let mut p = PartitionState::open(&store, 0).expect("open");
         p.profile_mut("carol").expect("profile").last_active_ms = 9;
         p.count_stage_change(None, Some(1));
-        p.flush().expect("flush");
+        p.flush(None).expect("flush");
         p.delete_profile("carol");
         p.count_stage_change(Some(1), None);
-        p.flush().expect("flush");
+        p.flush(None).expect("flush");
         assert_eq!(store.profile(0, "carol").expect("read"), None);
         // Deleted, then seen again in the same batch: a fresh profile, not the stored one.
         let mut p = PartitionState::open(&store, 0).expect("open");
         p.profile_mut("dave").expect("profile").last_active_ms = 5;
-        p.flush().expect("flush");
+        p.flush(None).expect("flush");
         p.delete_profile("dave");
         assert_eq!(p.profile_mut("dave").expect("profile").last_active_ms, 0);
         assert_eq!(p.meta().stage_users, [0; 5]);
@@ -319,7 +380,7 @@ mod tests {
         p.move_timer("a", None, Some(10));
         p.move_timer("b", None, Some(30));
         p.move_timer("c", None, Some(20));
-        p.flush().expect("flush");
+        p.flush(None).expect("flush");
         // In the next batch: c moves later, d is new and early.
         p.move_timer("c", Some(20), Some(40));
         p.move_timer("d", None, Some(5));
@@ -340,7 +401,7 @@ mod tests {
         p.move_timer("a", None, Some(12));
         assert_eq!(p.take_due(35).expect("re-armed").len(), 1);
         assert!(p.may_have_due(40));
-        p.flush().expect("flush");
+        p.flush(None).expect("flush");
         assert_eq!(p.meta().pending_timers, 1, "the count follows the index");
         assert_eq!(
             store.timers_between(1, i64::MIN, i64::MAX).expect("timers"),

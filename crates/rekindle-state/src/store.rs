@@ -16,7 +16,7 @@ pub(crate) const CF_PROFILES: &str = "profiles";
 pub(crate) const CF_TIMERS: &str = "timers";
 pub(crate) const CF_META: &str = "meta";
 /// Bumped whenever a key or value layout changes incompatibly.
-const FORMAT_VERSION: u32 = 2;
+const FORMAT_VERSION: u32 = 3;
 const FORMAT_KEY: &[u8] = b"format_version";
 
 /// Tuning that reaches RocksDB.
@@ -46,6 +46,9 @@ pub struct PartitionMeta {
     pub stage_users: [i64; 5],
     /// Entries in the partition's timer index, kept with every change to it.
     pub pending_timers: i64,
+    /// The changelog partition's offset after the last record this state reflects: reading
+    /// the changelog from here finds only changes this store has not seen.
+    pub changelog_next: Option<i64>,
 }
 
 /// Size figures for metrics.
@@ -195,6 +198,32 @@ impl Store {
                 })
             })
             .transpose()
+    }
+
+    /// Every profile of `partition`, by user id: a full scan, for tools and tests.
+    pub fn profiles(&self, partition: u32) -> Result<Vec<(String, UserProfile)>, StateError> {
+        let mut read = ReadOptions::default();
+        read.set_iterate_upper_bound(partition_prefix(partition.saturating_add(1)).to_vec());
+        let from = partition_prefix(partition);
+        let mut found = Vec::new();
+        let iter = self.db.iterator_cf_opt(
+            self.cf(CF_PROFILES)?,
+            read,
+            IteratorMode::From(&from, Direction::Forward),
+        );
+        for entry in iter {
+            let (key, value) = entry?;
+            let corrupt = |reason: String| StateError::Corrupt {
+                what: "profile",
+                partition,
+                reason,
+            };
+            let user = std::str::from_utf8(key.get(4..).unwrap_or_default())
+                .map_err(|e| corrupt(e.to_string()))?;
+            let profile = postcard::from_bytes(&value).map_err(|e| corrupt(e.to_string()))?;
+            found.push((user.to_string(), profile));
+        }
+        Ok(found)
     }
 
     /// Timers of `partition` with `from_ms <= due <= to_ms`, in due order.

@@ -50,6 +50,10 @@ pub struct Metrics {
     pub state_block_cache_misses: IntCounter,
     pub state_write_stall: prometheus::Counter,
     pub state_restore_duration: Histogram,
+    pub state_restored_records: IntCounter,
+    pub state_changelog_records: IntCounter,
+    pub transactions_committed: IntCounter,
+    pub transactions_aborted: IntCounter,
     pub ready: IntGauge,
 }
 
@@ -268,10 +272,26 @@ impl Metrics {
             state_restore_duration: b.register(Histogram::with_opts(
                 HistogramOpts::new(
                     "rekindle_state_restore_duration_seconds",
-                    "From a partition's assignment to its state being ready to process.",
+                    "From a partition's assignment to its state being ready to process (restore included).",
                 )
                 .buckets(vec![0.001, 0.01, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0, 600.0]),
             )?)?,
+            state_restored_records: b.counter(
+                "rekindle_state_restored_records_total",
+                "Changelog records applied while restoring partitions assigned without their state.",
+            )?,
+            state_changelog_records: b.counter(
+                "rekindle_state_changelog_records_total",
+                "Changelog records sent (profiles, deletions and partition positions).",
+            )?,
+            transactions_committed: b.counter(
+                "rekindle_emit_transactions_committed_total",
+                "Kafka transactions committed (exactly_once mode).",
+            )?,
+            transactions_aborted: b.counter(
+                "rekindle_emit_transactions_aborted_total",
+                "Kafka transactions aborted; their batches were processed again (exactly_once mode).",
+            )?,
             ready: b.gauge(
                 "rekindle_health_ready",
                 "1 when /health/readyz answers ready, 0 otherwise.",

@@ -225,7 +225,7 @@ async fn open_topic(settings: &Settings, args: &GenArgs) -> anyhow::Result<(Stri
         .unwrap_or_else(|| settings.kafka.activity_topic.clone());
     let kafka = wiring::kafka_settings(settings)?;
     if settings.kafka.create_topics {
-        admin::ensure_topics(&kafka, &[(&topic, settings.kafka.create_partitions)]).await?;
+        admin::ensure_topics(&kafka, &[(&topic, settings.kafka.create_partitions)], &[]).await?;
     }
     Ok((
         topic,

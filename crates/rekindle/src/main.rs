@@ -5,6 +5,7 @@ mod generate;
 mod inspect;
 mod observe;
 mod replay;
+mod restore;
 mod run;
 mod security;
 mod settings;

@@ -130,14 +130,14 @@ fn run_file(
         if offset % COMMIT_EVERY == COMMIT_EVERY - 1 {
             sink(&emitted);
             emitted.clear();
-            engine.commit()?;
+            engine.commit(&[])?;
         }
     }
     if let Some(until) = args.until_ms {
         engine.advance_clock(PARTITION, until, &mut emitted)?;
     }
     sink(&emitted);
-    engine.commit()?;
+    engine.commit(&[])?;
     wiring::log_stats("replay finished", &engine);
     Ok(())
 }

@@ -13,8 +13,8 @@ use anyhow::Context;
 use rekindle_engine::{Disposition, Emitted, Record, RecordKind};
 use rekindle_events::{AuditEncoder, EventError, TriggerEncoder};
 use rekindle_kafka::{
-    admin, source_record, tick_time, Assignment, ClockTicker, Outgoing, ResumeLookup, Sink, Source,
-    SourceRecord,
+    admin, source_record, tick_time, Assignment, ChangelogReader, ClockTicker, KafkaError,
+    Outgoing, ResumeLookup, Sink, Source, SourceRecord,
 };
 use rekindle_telemetry::{Health, Metrics};
 use tokio::sync::watch;
@@ -25,6 +25,7 @@ use crate::observe::{
     record_clock_lag, record_readiness, record_store_stats, seconds_between, wall_ms,
     StoreCounters, WorkerObserver,
 };
+use crate::restore;
 use crate::settings::Settings;
 use crate::wiring;
 
@@ -33,6 +34,14 @@ const IDLE_WAIT: Duration = Duration::from_millis(200);
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 /// Exit status when the shutdown grace period ran out before the batch finished.
 const EXIT_GRACE_EXPIRED: i32 = 3;
+/// The first pause after an aborted transaction; it doubles with every abort in a row.
+const ABORT_BACKOFF: Duration = Duration::from_millis(50);
+const ABORT_BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// A restore fails when its changelog read makes no progress for this long.
+const RESTORE_STALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// Fault injection for tests: the process aborts after this many batches' triggers reached
+/// Kafka, before anything records that they did (see `crash_point`).
+const CRASH_BEFORE_STATE_COMMIT: &str = "REKINDLE_TEST_CRASH_BEFORE_STATE_COMMIT";
 
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let kafka = wiring::kafka_settings(&settings)?;
@@ -54,10 +63,12 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
                     .map(|t| (t, partitions)),
             )
             .collect::<Vec<_>>(),
+            &[],
         )
         .await
         .context("creating topics")?;
     }
+    let changelog_topic = settings.changelog_topic();
     let metrics = Metrics::new()?;
     let health = Arc::new(Health::default());
     let listener = rekindle_telemetry::bind(settings.http.listen).await?;
@@ -71,18 +82,76 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let encoder = TriggerEncoder::new(settings.codec.trigger_schema_id)?;
     let audit_encoder = AuditEncoder::new(settings.codec.audit_schema_id)?;
 
-    let owned: Arc<Mutex<BTreeSet<u32>>> = Arc::default();
-    let resume_store = store.clone();
-    let resume: ResumeLookup = Arc::new(move |partition| {
-        resume_store
-            .meta(partition)
-            .ok()
-            .flatten()
-            .map(|m| m.next_offset)
-    });
+    // Health and metrics answer (not ready) while the broker cannot be reached yet.
+    let (shutdown_tx, shutdown) = watch::channel(false);
+    let http = tokio::spawn(rekindle_telemetry::serve(
+        listener,
+        metrics.clone(),
+        health.clone(),
+        shutdown.clone(),
+    ));
+    info!(
+        brokers = %settings.kafka.brokers,
+        activity_topic = %settings.kafka.activity_topic,
+        trigger_topic = %settings.kafka.trigger_topic,
+        state_dir = %settings.state.dir.display(),
+        http = %settings.http.listen,
+        "worker started"
+    );
     let observer = Arc::new(WorkerObserver {
         metrics: metrics.clone(),
         health: health.clone(),
+    });
+    // The producer first: it reports broker reachability while the changelog check waits.
+    let sink = match settings.transactional_id() {
+        Some(id) => {
+            info!(transactional_id = %id, "exactly-once: one Kafka transaction per batch");
+            Sink::transactional(&kafka, &id, observer.clone())?
+        }
+        None => Sink::new(&kafka, observer.clone())?,
+    };
+    // Ticks are not part of any batch: outside transactions, on a producer of their own.
+    let tick_sink = if sink.is_transactional() {
+        Sink::new(&kafka, observer.clone())?
+    } else {
+        sink.clone()
+    };
+    if let Some(changelog) = &changelog_topic {
+        let mut pause = Duration::from_millis(500);
+        loop {
+            match admin::ensure_changelog(&kafka, &settings.kafka.activity_topic, changelog).await {
+                Ok(()) => break,
+                Err(e) => {
+                    warn!(error = %e, topic = %changelog, retry_in = ?pause, "cannot check the changelog topic yet");
+                    tokio::select! {
+                        _ = tokio::time::sleep(pause) => {}
+                        _ = wait_for_signal() => return Ok(()),
+                    }
+                    pause = (pause * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    }
+    let owned: Arc<Mutex<BTreeSet<u32>>> = Arc::default();
+    let changelog_reader = match &changelog_topic {
+        Some(topic) => Some(ChangelogReader::new(&kafka, topic, RESTORE_STALL_TIMEOUT)?),
+        None => None,
+    };
+    let resume_store = store.clone();
+    let resume_metrics = metrics.clone();
+    let resume: ResumeLookup = Arc::new(move |partition| {
+        let started = Instant::now();
+        let next = restore::prepare_partition(
+            &resume_store,
+            changelog_reader.as_ref(),
+            partition,
+            &resume_metrics,
+        )
+        .map_err(|e| format!("{e:#}"));
+        resume_metrics
+            .state_restore_duration
+            .observe(started.elapsed().as_secs_f64());
+        next
     });
     let source = Source::new(
         &kafka,
@@ -92,9 +161,14 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         owned.clone(),
         observer.clone(),
     )?;
-    let sink = Sink::new(&kafka, observer)?;
+    let crash_after: Option<u64> = std::env::var(CRASH_BEFORE_STATE_COMMIT)
+        .ok()
+        .and_then(|v| v.parse().ok());
+    let mut batches_out: u64 = 0;
+    // Transactions aborted in a row: a refusal that persists (authorization revoked, a topic
+    // gone) is retried with growing pauses rather than in a tight loop.
+    let mut consecutive_aborts: u32 = 0;
 
-    let (shutdown_tx, shutdown) = watch::channel(false);
     let grace = settings.pipeline.shutdown_grace;
     tokio::spawn(async move {
         wait_for_signal().await;
@@ -107,12 +181,6 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         error!(grace = ?grace, "shutdown did not complete within the grace period; exiting (an unfinished batch is not committed)");
         std::process::exit(EXIT_GRACE_EXPIRED);
     });
-    let http = tokio::spawn(rekindle_telemetry::serve(
-        listener,
-        metrics.clone(),
-        health.clone(),
-        shutdown.clone(),
-    ));
     // Without ticks the clock moves only with event times (and ticks someone else appends):
     // the log alone decides, as in a replay, but idle partitions do not fire.
     let ticker_task = if settings.clock.tick_interval.is_zero() {
@@ -120,7 +188,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         None
     } else {
         let ticker = ClockTicker::new(
-            sink.producer(),
+            tick_sink.producer(),
             &settings.kafka.activity_topic,
             owned.clone(),
         );
@@ -132,14 +200,6 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         )))
     };
 
-    info!(
-        brokers = %settings.kafka.brokers,
-        activity_topic = %settings.kafka.activity_topic,
-        trigger_topic = %settings.kafka.trigger_topic,
-        state_dir = %settings.state.dir.display(),
-        http = %settings.http.listen,
-        "worker started"
-    );
     let mut last_progress = Instant::now();
     let mut emitted = Emitted::default();
     let mut store_counters = StoreCounters::default();
@@ -161,16 +221,17 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
                         engine.close_partition(p);
                     }
                 }
-                // Opening the state before the first record makes restore time visible on
-                // its own rather than hidden in the first batch.
+                // The state was prepared (restored if need be) when the partition was
+                // assigned; opening it here keeps the first batch's timing clean.
                 Assignment::Assigned(partitions) => {
                     for p in partitions {
-                        let started = Instant::now();
                         engine.open_partition(p)?;
-                        metrics
-                            .state_restore_duration
-                            .observe(started.elapsed().as_secs_f64());
                     }
+                }
+                // Processing a partition without its state would judge its users on
+                // partial histories: stop, and let the restart try again.
+                Assignment::Failed { partition, reason } => {
+                    anyhow::bail!("partition {partition}: state could not be prepared: {reason}");
                 }
             }
         }
@@ -199,6 +260,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             }
             emitted.clear();
             let mut rejected: Vec<(SourceRecord<'_>, EventError)> = Vec::new();
+            // Where each partition's part of the batch begins: where to read again after an
+            // aborted transaction.
+            let mut batch_starts: std::collections::BTreeMap<u32, i64> = Default::default();
             // Synchronous: the guard is dropped before the next await.
             let process_span = info_span!("process").entered();
             for message in &batch {
@@ -206,6 +270,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
                 if !owned_now.contains(&record.partition) {
                     continue;
                 }
+                batch_starts.entry(record.partition).or_insert(record.offset);
                 let kind = if record.is_tick {
                     match tick_time(record.payload) {
                         Some(time_ms) => RecordKind::Tick(time_ms),
@@ -258,16 +323,63 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
                 dead_letter(&settings.kafka.dead_letter_topic, &settings.kafka.activity_topic, record, error)
             });
             // Dead letters and triggers are both acknowledged before the batch's state and
-            // offsets are committed: neither can be lost by a crash.
-            let sent = sink
-                .send_all(dead.chain(outgoing).chain(audit))
-                .instrument(info_span!("emit", triggers = triggers.len(), audit = audit_count, dead_letters = rejected.len()))
-                .await;
-            let acked = match sent {
-                Ok(acked) => acked,
+            // offsets are committed: neither can be lost by a crash. Without transactions
+            // the changelog records follow them (not alongside): a restore that finds a
+            // batch's changes in the changelog may rely on its triggers having gone out.
+            let eos = sink.is_transactional();
+            let changes = match &changelog_topic {
+                Some(_) => engine.changelog()?,
+                None => Vec::new(),
+            };
+            let changelog_count: usize = changes.iter().map(|(_, r)| r.len()).sum();
+            let changelog_records = changes.iter().flat_map(|(p, records)| {
+                records.iter().map(move |r| (*p, r.key.as_slice(), r.value.as_deref()))
+            });
+            let changelog_topic = changelog_topic.as_deref().unwrap_or_default();
+            let emit_span = info_span!("emit", triggers = triggers.len(), audit = audit_count, dead_letters = rejected.len(), changelog = changelog_count);
+            let sent = async {
+                let (acked, changelog_next) = if eos {
+                    // One transaction: everything is enqueued at once (one round trip).
+                    sink.begin()?;
+                    let sent = tokio::try_join!(
+                        sink.send_all(dead.chain(outgoing).chain(audit)),
+                        sink.send_changelog(changelog_topic, changelog_records),
+                    )?;
+                    info_span!("transaction").in_scope(|| sink.commit(&source, &engine.positions()))?;
+                    metrics.transactions_committed.inc();
+                    crash_point(crash_after, &mut batches_out);
+                    sent
+                } else {
+                    let acked = sink.send_all(dead.chain(outgoing).chain(audit)).await?;
+                    crash_point(crash_after, &mut batches_out);
+                    (acked, sink.send_changelog(changelog_topic, changelog_records).await?)
+                };
+                metrics.state_changelog_records.inc_by(changelog_count as u64);
+                anyhow::Ok((acked, changelog_next))
+            }
+            .instrument(emit_span)
+            .await;
+            let (acked, changelog_next) = match sent {
+                Ok(sent) => {
+                    consecutive_aborts = 0;
+                    sent
+                }
+                Err(e) if eos && is_abortable(&e) => {
+                    // Nothing of the batch becomes visible: forget its effects and read it
+                    // again from where each partition's batch began.
+                    warn!(error = %format!("{e:#}"), "transaction failed; aborting it and processing the batch again");
+                    sink.abort().context("aborting the transaction")?;
+                    metrics.transactions_aborted.inc();
+                    engine.rollback()?;
+                    source.rewind(&batch_starts.iter().map(|(p, o)| (*p, *o)).collect::<Vec<_>>())?;
+                    consecutive_aborts = consecutive_aborts.saturating_add(1);
+                    let pause = ABORT_BACKOFF.saturating_mul(1 << consecutive_aborts.min(6)).min(ABORT_BACKOFF_MAX);
+                    tokio::time::sleep(pause).await;
+                    return anyhow::Ok(());
+                }
                 Err(e) => {
                     metrics.producer_errors.inc();
-                    return Err(e.into());
+                    return Err(e);
                 }
             };
             // An acknowledgement is proof of a reachable broker; a fetched batch is not (it
@@ -286,10 +398,12 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             let acked = acked.saturating_sub(rejected.len() + audit_count);
             metrics.triggers_acked.inc_by(acked as u64);
             metrics.audit_acked.inc_by(audit_count as u64);
-            info_span!("commit").in_scope(|| engine.commit())?;
-            if let Err(e) = source.commit_progress(&engine.positions()) {
-                // Progress reporting only: the stored offsets are what a restart uses.
-                warn!(error = %e, "committing progress to the consumer group failed");
+            info_span!("commit").in_scope(|| engine.commit(&changelog_next))?;
+            if !eos {
+                if let Err(e) = source.commit_progress(&engine.positions()) {
+                    // Progress reporting only: the stored offsets are what a restart uses.
+                    warn!(error = %e, "committing progress to the consumer group failed");
+                }
             }
             record_clock_lag(&metrics, &engine, acked_at);
             anyhow::Ok(())
@@ -331,5 +445,32 @@ async fn wait_for_signal() {
     #[cfg(not(unix))]
     {
         let _ = ctrl_c.await;
+    }
+}
+
+/// Whether aborting the transaction and processing the batch again can recover from `e`:
+/// any Kafka failure except a fenced or fatal producer.
+fn is_abortable(e: &anyhow::Error) -> bool {
+    match e.downcast_ref::<KafkaError>() {
+        Some(KafkaError::Transaction { abortable, .. }) => *abortable,
+        Some(_) => true,
+        None => false,
+    }
+}
+
+/// Fault injection for the tests: dies where a crash hurts most, once the batch's triggers
+/// are in Kafka and before anything records that (the changelog, or the local state in
+/// exactly-once mode, where the changelog went out in the same transaction).
+fn crash_point(crash_after: Option<u64>, batches_out: &mut u64) {
+    let Some(limit) = crash_after else {
+        return;
+    };
+    *batches_out += 1;
+    if *batches_out >= limit {
+        error!(
+            batches = *batches_out,
+            "{CRASH_BEFORE_STATE_COMMIT} reached: aborting after the batch's triggers went out"
+        );
+        std::process::abort();
     }
 }

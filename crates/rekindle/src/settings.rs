@@ -50,6 +50,14 @@ pub struct KafkaConfig {
     /// Decisions that did not send a trigger go here when set.
     #[serde(default)]
     pub audit_topic: Option<String>,
+    /// Compacted topic with every committed state change, one partition per activity
+    /// partition; read back when a worker is assigned a partition it lacks state for.
+    /// Default: `<group_id>.changelog` (state belongs to the group).
+    #[serde(default)]
+    pub changelog_topic: Option<String>,
+    /// Triggers, changelog and consumed offsets in one Kafka transaction per batch.
+    #[serde(default)]
+    pub exactly_once: bool,
     pub create_topics: bool,
     pub create_partitions: i32,
     /// Static membership: a stable id per worker (the pod name on Kubernetes), so that a
@@ -75,6 +83,8 @@ pub struct StateConfig {
     pub bucket_width: Duration,
     pub retained_buckets: u32,
     pub block_cache_bytes: usize,
+    /// Send committed state changes to the changelog topic.
+    pub changelog: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -189,8 +199,49 @@ impl Settings {
         {
             return fail("kafka.audit_topic", "must not be empty when set");
         }
+        if self
+            .kafka
+            .changelog_topic
+            .as_deref()
+            .is_some_and(|t| t.trim().is_empty())
+        {
+            return fail("kafka.changelog_topic", "must not be empty when set");
+        }
+        if self.kafka.exactly_once {
+            if !self.state.changelog {
+                return fail(
+                    "kafka.exactly_once",
+                    "needs state.changelog (after a crash between the Kafka commit and the local one, state comes back from the changelog)",
+                );
+            }
+            if self.kafka.group_instance_id.is_none() {
+                return fail(
+                    "kafka.exactly_once",
+                    "needs kafka.group_instance_id (the transactional id is derived from it, stable across restarts)",
+                );
+            }
+        }
         self.rule_book()?;
         Ok(())
+    }
+
+    /// The producer's `transactional.id` in exactly-once mode: one per worker, the same after
+    /// a restart so that the broker fences the previous incarnation.
+    pub fn transactional_id(&self) -> Option<String> {
+        let instance = self.kafka.group_instance_id.as_deref()?;
+        self.kafka
+            .exactly_once
+            .then(|| format!("{}-{instance}", self.kafka.group_id))
+    }
+
+    /// The changelog topic, when the changelog is on.
+    pub fn changelog_topic(&self) -> Option<String> {
+        self.state.changelog.then(|| {
+            self.kafka
+                .changelog_topic
+                .clone()
+                .unwrap_or_else(|| format!("{}.changelog", self.kafka.group_id))
+        })
     }
 
     pub fn windows(&self) -> anyhow::Result<Windows> {

@@ -39,7 +39,7 @@ pub async fn tail(settings: &Settings, args: &TailArgs) -> anyhow::Result<()> {
         &kafka,
         &group,
         &topic,
-        Arc::new(|_| None),
+        Arc::new(|_| Ok(None)),
         owned,
         Arc::new(NoObserver),
     )?;

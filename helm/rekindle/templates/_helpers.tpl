@@ -57,6 +57,8 @@ directory, JSON logs, the shutdown grace period), with .Values.config merged ove
 {{- end }}
 {{- $kafka := dict "brokers" $k.brokers "group_id" $k.groupId "activity_topic" $k.activityTopic "trigger_topic" $k.triggerTopic "dead_letter_topic" $k.deadLetterTopic "security" $security -}}
 {{- if $k.auditTopic }}{{- $_ := set $kafka "audit_topic" $k.auditTopic }}{{- end }}
+{{- if $k.changelogTopic }}{{- $_ := set $kafka "changelog_topic" $k.changelogTopic }}{{- end }}
+{{- $_ := set $kafka "exactly_once" (default false $k.exactlyOnce) }}
 {{- $base := dict "kafka" $kafka "state" (dict "dir" "/var/lib/rekindle/state") "http" (dict "listen" (printf "0.0.0.0:%d" (int .Values.service.port))) "log" (dict "format" "json" "level" .Values.logLevel) "pipeline" (dict "shutdown_grace" (printf "%ds" (int .Values.shutdownGraceSeconds))) -}}
 {{- toToml (mustMergeOverwrite $base (deepCopy .Values.config)) -}}
 {{- end }}
