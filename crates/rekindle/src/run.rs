@@ -37,6 +37,10 @@ const EXIT_GRACE_EXPIRED: i32 = 3;
 /// The first pause after an aborted transaction; it doubles with every abort in a row.
 const ABORT_BACKOFF: Duration = Duration::from_millis(50);
 const ABORT_BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Attempts at preparing a partition's state before the worker gives up (and stops, to be
+/// restarted), with pauses of 1, 2, 4 and 8 s in between.
+const RESTORE_ATTEMPTS: u32 = 5;
+const RESTORE_RETRY_PAUSE: Duration = Duration::from_secs(1);
 /// A restore fails when its changelog read makes no progress for this long.
 const RESTORE_STALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// Fault injection for tests: the process aborts after this many batches' triggers reached
@@ -141,13 +145,27 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let resume_metrics = metrics.clone();
     let resume: ResumeLookup = Arc::new(move |partition| {
         let started = Instant::now();
-        let next = restore::prepare_partition(
-            &resume_store,
-            changelog_reader.as_ref(),
-            partition,
-            &resume_metrics,
-        )
-        .map_err(|e| format!("{e:#}"));
+        // A broker hiccup during a rebalance should not cost a restart: retry a few times
+        // (a partial restore is safe to repeat: records are whole values, applied again).
+        let mut pause = RESTORE_RETRY_PAUSE;
+        let mut attempt = 1;
+        let next = loop {
+            match restore::prepare_partition(
+                &resume_store,
+                changelog_reader.as_ref(),
+                partition,
+                &resume_metrics,
+            ) {
+                Ok(next) => break Ok(next),
+                Err(e) if attempt < RESTORE_ATTEMPTS => {
+                    warn!(partition, attempt, error = %format!("{e:#}"), retry_in = ?pause, "preparing the partition's state failed; retrying");
+                    std::thread::sleep(pause);
+                    pause *= 2;
+                    attempt += 1;
+                }
+                Err(e) => break Err(format!("{e:#}")),
+            }
+        };
         resume_metrics
             .state_restore_duration
             .observe(started.elapsed().as_secs_f64());
