@@ -209,25 +209,9 @@ async fn await_changelog(
     topic: &str,
 ) -> Result<(), KafkaError> {
     for (partition, delivery) in pending.drain(..) {
-        match delivery.await {
-            Ok(Ok(delivered)) => {
-                let after = delivered.offset + 1;
-                let slot = next.entry(partition).or_insert(after);
-                *slot = (*slot).max(after);
-            }
-            Ok(Err((e, _))) => {
-                return Err(KafkaError::Delivery {
-                    topic: topic.to_string(),
-                    reason: e.to_string(),
-                })
-            }
-            Err(_) => {
-                return Err(KafkaError::Delivery {
-                    topic: topic.to_string(),
-                    reason: "producer dropped the record".into(),
-                })
-            }
-        }
+        let after = acknowledged(delivery, topic).await? + 1;
+        let slot = next.entry(partition).or_insert(after);
+        *slot = (*slot).max(after);
     }
     Ok(())
 }
@@ -281,21 +265,22 @@ fn transaction_error(e: rdkafka::error::KafkaError) -> KafkaError {
 async fn await_all(pending: &mut Vec<(DeliveryFuture, &str)>) -> Result<usize, KafkaError> {
     let n = pending.len();
     for (delivery, topic) in pending.drain(..) {
-        match delivery.await {
-            Ok(Ok(_)) => {}
-            Ok(Err((e, _))) => {
-                return Err(KafkaError::Delivery {
-                    topic: topic.to_string(),
-                    reason: e.to_string(),
-                })
-            }
-            Err(_) => {
-                return Err(KafkaError::Delivery {
-                    topic: topic.to_string(),
-                    reason: "producer dropped the record".into(),
-                })
-            }
-        }
+        acknowledged(delivery, topic).await?;
     }
     Ok(n)
+}
+
+/// Waits for one record's acknowledgement and returns its offset.
+async fn acknowledged(delivery: DeliveryFuture, topic: &str) -> Result<i64, KafkaError> {
+    match delivery.await {
+        Ok(Ok(delivered)) => Ok(delivered.offset),
+        Ok(Err((e, _))) => Err(KafkaError::Delivery {
+            topic: topic.to_string(),
+            reason: e.to_string(),
+        }),
+        Err(_) => Err(KafkaError::Delivery {
+            topic: topic.to_string(),
+            reason: "producer dropped the record".into(),
+        }),
+    }
 }

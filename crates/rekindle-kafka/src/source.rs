@@ -302,10 +302,7 @@ impl Source {
         if next_offsets.is_empty() {
             return Ok(());
         }
-        let mut tpl = TopicPartitionList::new();
-        for (partition, next) in next_offsets {
-            tpl.add_partition_offset(&self.topic, *partition as i32, Offset::Offset(*next))?;
-        }
+        let tpl = self.offsets(next_offsets)?;
         self.consumer.commit(&tpl, CommitMode::Async)?;
         Ok(())
     }

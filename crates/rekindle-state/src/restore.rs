@@ -1,7 +1,6 @@
 //! Rebuilding a partition's state from its changelog.
 
-use rekindle_rules::UserProfile;
-use rocksdb::{IteratorMode, ReadOptions, WriteBatch};
+use rocksdb::WriteBatch;
 
 use crate::changelog::{decode_entry, ChangelogEntry, ChangelogMeta};
 use crate::keys::{partition_prefix, profile_key, timer_key};
@@ -172,31 +171,11 @@ impl Restore<'_> {
         clear.delete_range_cf(timers, from, to);
         store.db().write(clear)?;
 
-        let mut read = ReadOptions::default();
-        read.set_iterate_upper_bound(to.to_vec());
         let mut users = 0u64;
         let mut stage_users = [0i64; 5];
         let mut pending = 0i64;
-        let iter = store.db().iterator_cf_opt(
-            store.cf(CF_PROFILES)?,
-            read,
-            IteratorMode::From(&from, rocksdb::Direction::Forward),
-        );
-        for entry in iter {
-            let (key, value) = entry?;
-            let user = std::str::from_utf8(key.get(4..).unwrap_or_default()).map_err(|e| {
-                StateError::Corrupt {
-                    what: "profile key",
-                    partition: self.partition,
-                    reason: e.to_string(),
-                }
-            })?;
-            let profile: UserProfile =
-                postcard::from_bytes(&value).map_err(|e| StateError::Corrupt {
-                    what: "profile",
-                    partition: self.partition,
-                    reason: e.to_string(),
-                })?;
+        for entry in store.profile_entries(self.partition)? {
+            let (user, profile) = entry?;
             users += 1;
             if let Some(slot) = profile
                 .stage
@@ -207,7 +186,7 @@ impl Restore<'_> {
             if let Some(due) = profile.wake_at_ms {
                 pending += 1;
                 self.batch
-                    .put_cf(timers, timer_key(self.partition, due, user), []);
+                    .put_cf(timers, timer_key(self.partition, due, &user), []);
                 self.in_batch += 1;
                 if self.in_batch >= WRITE_BATCH_RECORDS {
                     self.write()?;

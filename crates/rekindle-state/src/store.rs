@@ -202,16 +202,24 @@ impl Store {
 
     /// Every profile of `partition`, by user id: a full scan, for tools and tests.
     pub fn profiles(&self, partition: u32) -> Result<Vec<(String, UserProfile)>, StateError> {
+        self.profile_entries(partition)?.collect()
+    }
+
+    /// Streams every profile of `partition` in user id order, decoded.
+    pub(crate) fn profile_entries(
+        &self,
+        partition: u32,
+    ) -> Result<impl Iterator<Item = Result<(String, UserProfile), StateError>> + '_, StateError>
+    {
         let mut read = ReadOptions::default();
         read.set_iterate_upper_bound(partition_prefix(partition.saturating_add(1)).to_vec());
         let from = partition_prefix(partition);
-        let mut found = Vec::new();
         let iter = self.db.iterator_cf_opt(
             self.cf(CF_PROFILES)?,
             read,
             IteratorMode::From(&from, Direction::Forward),
         );
-        for entry in iter {
+        Ok(iter.map(move |entry| {
             let (key, value) = entry?;
             let corrupt = |reason: String| StateError::Corrupt {
                 what: "profile",
@@ -221,9 +229,8 @@ impl Store {
             let user = std::str::from_utf8(key.get(4..).unwrap_or_default())
                 .map_err(|e| corrupt(e.to_string()))?;
             let profile = postcard::from_bytes(&value).map_err(|e| corrupt(e.to_string()))?;
-            found.push((user.to_string(), profile));
-        }
-        Ok(found)
+            Ok((user.to_string(), profile))
+        }))
     }
 
     /// Timers of `partition` with `from_ms <= due <= to_ms`, in due order.
