@@ -11,6 +11,7 @@
 //! hours, holdout, opt-out) decide what goes out; every decision carries its explanation.
 
 mod book;
+mod bucket_codec;
 mod config;
 mod decision;
 mod engagement_drop;

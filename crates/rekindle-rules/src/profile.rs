@@ -88,6 +88,7 @@ pub struct UserProfile {
     /// Event time of the latest activity seen: the start of the current episode; 0 when none.
     pub last_active_ms: i64,
     /// Active buckets, ascending by index, at most `retained` of them ending with the latest.
+    #[serde(with = "crate::bucket_codec")]
     pub buckets: Vec<Bucket>,
     /// The time of this user's single entry in the timer index, if any. Kept here so the
     /// entry can be found and removed without searching the index.

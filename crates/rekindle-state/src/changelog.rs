@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::StateError;
 
 /// Bumped with the profile layout (the state's format version follows it).
-pub const CHANGELOG_VERSION: u8 = 3;
+pub const CHANGELOG_VERSION: u8 = 4;
 const USER_PREFIX: u8 = b'u';
 const META_KEY: &[u8] = b"m";
 

@@ -8,9 +8,13 @@
 //! | `timers`   | partition, due time (ordered), user id| empty                         |
 //! | `meta`     | partition                             | next offset, clock, counts, changelog position |
 //!
+//! Profile values are postcard, with the activity buckets in a compact layout of their own
+//! (3-5 bytes per active bucket instead of 15-20).
+//!
 //! A [`PartitionState`] buffers one batch of changes in memory and writes them with the
 //! batch's next offset and clock in a single RocksDB `WriteBatch`, so state, timers and
-//! offsets can never disagree after a crash.
+//! offsets can never disagree after a crash. Between batches it keeps recently used profiles
+//! and the earliest timers in memory (bounded), as copies of what RocksDB holds.
 //!
 //! The same changes can go to a changelog topic ([`PartitionState::changelog_records`]) and
 //! come back through [`Store::restore`] on a worker that lacks the partition's disk.

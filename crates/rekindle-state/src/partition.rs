@@ -5,8 +5,13 @@ use rocksdb::WriteBatch;
 
 use crate::changelog::{meta_record, profile_record, tombstone, ChangelogMeta, ChangelogRecord};
 use crate::keys::{partition_prefix, profile_key, timer_key};
-use crate::store::{CF_META, CF_PROFILES, CF_TIMERS};
+use crate::store::{OpenPartition, CF_META, CF_PROFILES, CF_TIMERS};
 use crate::{PartitionMeta, StateError, Store};
+
+/// Timer index entries read from RocksDB at a time when the in-memory window runs out.
+const TIMER_CHUNK: usize = 4_096;
+/// The in-memory timer window is cut back to half of this when it grows past it.
+const TIMER_WINDOW_MAX: usize = 65_536;
 
 /// A timer whose time has come: wake `user_id`, whose profile said `due_ms`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -15,49 +20,125 @@ pub struct DueTimer {
     pub user_id: String,
 }
 
+/// A profile held in memory, across batches while the cache has room.
+struct Cached {
+    profile: UserProfile,
+    /// Changed in the current batch: written at the next flush.
+    dirty: bool,
+    /// The batch that last used it, for eviction (least recently used batches go first).
+    used: u64,
+}
+
+/// The earliest part of the partition's timer index, held in memory so that checking for
+/// due timers (after every record that moves the clock) reads no RocksDB iterator.
+struct TimerWindow {
+    /// Every index entry (stored, plus this batch's additions, minus its removals) due at or
+    /// before `through`.
+    entries: BTreeSet<(i64, String)>,
+    /// `None` until first loaded; `Some(i64::MAX)` once the whole index is in memory.
+    through: Option<i64>,
+    /// Entries read from RocksDB at a time.
+    chunk: usize,
+    /// Entries beyond which the window is cut back to half.
+    max: usize,
+}
+
+impl TimerWindow {
+    fn new(chunk: usize, max: usize) -> TimerWindow {
+        TimerWindow {
+            entries: BTreeSet::new(),
+            through: None,
+            chunk: chunk.max(1),
+            max: max.max(2),
+        }
+    }
+
+    fn covers(&self, due_ms: i64) -> bool {
+        self.through.is_some_and(|t| due_ms <= t)
+    }
+
+    fn complete(&self) -> bool {
+        self.through == Some(i64::MAX)
+    }
+
+    /// Keeps memory bounded: drops the latest entries, which stay in RocksDB or in the
+    /// batch's additions, and lowers `through` below them.
+    fn trim(&mut self) {
+        if self.entries.len() <= self.max {
+            return;
+        }
+        let Some(cut) = self.entries.iter().nth(self.max / 2).map(|(d, _)| *d) else {
+            return;
+        };
+        self.entries.split_off(&(cut, String::new()));
+        self.through = Some(cut.saturating_sub(1));
+    }
+}
+
 /// One partition's state with the current batch's changes buffered on top.
 ///
 /// Reads see the batch's own writes. Nothing reaches RocksDB until [`PartitionState::flush`],
 /// which writes profiles, timer changes, the next offset and the clock in one atomic batch.
+/// Profiles and the earliest timers stay in memory between batches (bounded, see
+/// [`crate::StoreOptions::profile_cache_users`]); they are only ever copies of what RocksDB
+/// holds plus the unflushed batch, so dropping a `PartitionState` loses nothing flushed.
 pub struct PartitionState {
     store: Store,
     partition: u32,
     meta: PartitionMeta,
     has_meta: bool,
-    profiles: HashMap<String, UserProfile>,
+    cache: HashMap<String, Cached>,
+    /// Users whose cached profile is dirty, in the order they were first changed.
+    dirty: Vec<String>,
     /// Users deleted this batch: their profiles are removed at flush.
     deleted: HashSet<String>,
+    /// This batch's changes to the stored timer index.
     timers_added: BTreeSet<(i64, String)>,
     timers_deleted: HashSet<(i64, String)>,
-    /// Every stored timer up to this time has been handed out (and so deleted) this batch,
-    /// so later scans in the same batch start after it.
-    scanned_through: Option<i64>,
-    /// No timer is due before this; may be early (a stale entry), never late.
-    next_due: Option<i64>,
+    timers: TimerWindow,
+    /// Flushes so far: the clock of the profile cache's eviction.
+    batch: u64,
     /// The position or counts changed since the last flush.
     meta_dirty: bool,
     /// Profiles encoded for the changelog, reused by the flush that follows unless a
     /// profile was touched in between.
     encoded: Option<Vec<(String, Vec<u8>)>>,
+    _open: OpenPartition,
 }
 
 impl PartitionState {
     pub fn open(store: &Store, partition: u32) -> Result<PartitionState, StateError> {
+        Self::open_with_window(
+            store,
+            partition,
+            TimerWindow::new(TIMER_CHUNK, TIMER_WINDOW_MAX),
+        )
+    }
+
+    fn open_with_window(
+        store: &Store,
+        partition: u32,
+        timers: TimerWindow,
+    ) -> Result<PartitionState, StateError> {
         let stored = store.meta(partition)?;
-        Ok(PartitionState {
+        let mut state = PartitionState {
             store: store.clone(),
             partition,
             meta: stored.unwrap_or_default(),
             has_meta: stored.is_some(),
-            profiles: HashMap::new(),
+            cache: HashMap::new(),
+            dirty: Vec::new(),
             deleted: HashSet::new(),
             timers_added: BTreeSet::new(),
             timers_deleted: HashSet::new(),
-            scanned_through: None,
-            next_due: store.next_timer(partition, i64::MIN)?,
+            timers,
+            batch: 0,
             meta_dirty: false,
             encoded: None,
-        })
+            _open: store.partition_opened(),
+        };
+        state.load_timers()?;
+        Ok(state)
     }
 
     pub fn partition(&self) -> u32 {
@@ -103,29 +184,43 @@ impl PartitionState {
     /// (it knows the time from the profile).
     pub fn delete_profile(&mut self, user_id: &str) {
         self.encoded = None;
-        self.profiles.remove(user_id);
+        self.cache.remove(user_id);
         self.deleted.insert(user_id.to_string());
     }
 
-    /// The user's profile, loaded once per batch and written back at flush.
+    /// The user's profile, read from RocksDB unless cached, written back at flush.
     pub fn profile_mut(&mut self, user_id: &str) -> Result<&mut UserProfile, StateError> {
         self.encoded = None;
-        if !self.profiles.contains_key(user_id) {
+        let batch = self.batch;
+        if !self.cache.contains_key(user_id) {
             // A user deleted earlier in this batch starts afresh, whatever is stored.
-            let stored = if self.deleted.remove(user_id) {
+            let profile = if self.deleted.remove(user_id) {
                 UserProfile::default()
             } else {
                 self.store
                     .profile(self.partition, user_id)?
                     .unwrap_or_default()
             };
-            self.profiles.insert(user_id.to_string(), stored);
+            self.cache.insert(
+                user_id.to_string(),
+                Cached {
+                    profile,
+                    dirty: false,
+                    used: batch,
+                },
+            );
         }
-        self.profiles.get_mut(user_id).ok_or(StateError::Corrupt {
+        let entry = self.cache.get_mut(user_id).ok_or(StateError::Corrupt {
             what: "profile cache",
             partition: self.partition,
             reason: "entry vanished".into(),
-        })
+        })?;
+        entry.used = batch;
+        if !entry.dirty {
+            entry.dirty = true;
+            self.dirty.push(user_id.to_string());
+        }
+        Ok(&mut entry.profile)
     }
 
     /// Moves the user's single timer. Callers keep `UserProfile::wake_at_ms` in step.
@@ -142,83 +237,131 @@ impl PartitionState {
         }
         if let Some(old) = from {
             let key = (old, user_id.to_string());
+            if self.timers.covers(old) {
+                self.timers.entries.remove(&key);
+            }
             self.timers_added.remove(&key);
             self.timers_deleted.insert(key);
         }
         if let Some(new) = to {
             let key = (new, user_id.to_string());
+            if self.timers.covers(new) {
+                self.timers.entries.insert(key.clone());
+                self.timers.trim();
+            }
             self.timers_deleted.remove(&key);
             self.timers_added.insert(key);
-            self.next_due = Some(self.next_due.map_or(new, |d| d.min(new)));
         }
     }
 
     /// True when some timer may be due at `now_ms`: the cheap test done on every record.
     pub fn may_have_due(&self, now_ms: i64) -> bool {
-        self.next_due.is_some_and(|d| d <= now_ms)
+        self.timers
+            .entries
+            .first()
+            .is_some_and(|(d, _)| *d <= now_ms)
+            || !self.timers.covers(now_ms)
     }
 
-    /// Removes and returns every timer due at or before `now_ms`, in due order. The caller
-    /// re-arms whatever should wake again.
-    pub fn take_due(&mut self, now_ms: i64) -> Result<Vec<DueTimer>, StateError> {
+    /// Reads the next stretch of the stored index into the window, merged with this
+    /// batch's changes.
+    fn load_timers(&mut self) -> Result<(), StateError> {
+        if self.timers.complete() {
+            return Ok(());
+        }
         let from = self
-            .scanned_through
-            .map_or(i64::MIN, |s| s.saturating_add(1));
-        let mut due: BTreeSet<(i64, String)> = BTreeSet::new();
-        if from <= now_ms {
-            for key in self.store.timers_between(self.partition, from, now_ms)? {
-                if !self.timers_deleted.contains(&key) {
-                    due.insert(key);
-                }
+            .timers
+            .through
+            .map_or(i64::MIN, |t| t.saturating_add(1));
+        let (stored, exhausted) =
+            self.store
+                .timers_from(self.partition, from, self.timers.chunk)?;
+        let through = match stored.last() {
+            Some((last, _)) if !exhausted => *last,
+            _ => i64::MAX,
+        };
+        for key in stored {
+            if !self.timers_deleted.contains(&key) {
+                self.timers.entries.insert(key);
             }
         }
-        let overlay: Vec<(i64, String)> = self
+        for key in self
             .timers_added
-            .iter()
-            .take_while(|(d, _)| *d <= now_ms)
-            .cloned()
-            .collect();
-        due.extend(overlay);
-        for key in &due {
-            self.timers_added.remove(key);
-            self.timers_deleted.insert(key.clone());
+            .range((from, String::new())..)
+            .take_while(|(d, _)| *d <= through)
+        {
+            self.timers.entries.insert(key.clone());
         }
-        let taken = i64::try_from(due.len()).unwrap_or(i64::MAX);
-        self.meta_dirty |= taken > 0;
-        self.meta.pending_timers = self.meta.pending_timers.saturating_sub(taken);
-        self.scanned_through = Some(self.scanned_through.map_or(now_ms, |s| s.max(now_ms)));
-        let stored_next = self
-            .store
-            .next_timer(self.partition, now_ms.saturating_add(1))?;
-        let overlay_next = self.timers_added.first().map(|(d, _)| *d);
-        self.next_due = match (stored_next, overlay_next) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        Ok(due
-            .into_iter()
-            .map(|(due_ms, user_id)| DueTimer { due_ms, user_id })
-            .collect())
+        self.timers.through = Some(through);
+        Ok(())
     }
 
-    /// Number of profiles touched in the current batch.
+    /// Removes and returns the earliest timer due at or before `now_ms`, if any. Timers
+    /// armed while handing them out are found by the next call in their place in due order.
+    pub fn pop_due(&mut self, now_ms: i64) -> Result<Option<DueTimer>, StateError> {
+        loop {
+            if self
+                .timers
+                .entries
+                .first()
+                .is_some_and(|(due, _)| *due <= now_ms)
+            {
+                let Some(key) = self.timers.entries.pop_first() else {
+                    return Ok(None);
+                };
+                self.timers_added.remove(&key);
+                self.timers_deleted.insert(key.clone());
+                self.meta_dirty = true;
+                self.meta.pending_timers = self.meta.pending_timers.saturating_sub(1);
+                return Ok(Some(DueTimer {
+                    due_ms: key.0,
+                    user_id: key.1,
+                }));
+            }
+            if self.timers.covers(now_ms) {
+                return Ok(None);
+            }
+            self.load_timers()?;
+        }
+    }
+
+    /// Removes and returns every timer due at or before `now_ms`, in due order.
+    pub fn take_due(&mut self, now_ms: i64) -> Result<Vec<DueTimer>, StateError> {
+        let mut due = Vec::new();
+        while let Some(timer) = self.pop_due(now_ms)? {
+            due.push(timer);
+        }
+        Ok(due)
+    }
+
+    /// Number of profiles changed in the current batch.
     pub fn dirty_profiles(&self) -> usize {
-        self.profiles.len()
+        self.dirty.len()
+    }
+
+    /// Profiles held in memory (changed or not).
+    pub fn cached_profiles(&self) -> usize {
+        self.cache.len()
     }
 
     /// True when the batch changed anything a flush would write.
     pub fn is_dirty(&self) -> bool {
-        self.meta_dirty || !self.profiles.is_empty() || !self.deleted.is_empty()
+        self.meta_dirty || !self.dirty.is_empty() || !self.deleted.is_empty()
     }
 
     fn encode_profiles(&mut self) -> Result<&[(String, Vec<u8>)], StateError> {
         if self.encoded.is_none() {
-            let mut encoded = Vec::with_capacity(self.profiles.len());
-            for (user, profile) in &self.profiles {
-                let value = postcard::to_allocvec(profile).map_err(|e| StateError::Encode {
-                    what: "profile",
-                    reason: e.to_string(),
-                })?;
+            let mut encoded = Vec::with_capacity(self.dirty.len());
+            for user in &self.dirty {
+                // Deleted after it was changed: only the deletion is written.
+                let Some(entry) = self.cache.get(user).filter(|e| e.dirty) else {
+                    continue;
+                };
+                let value =
+                    postcard::to_allocvec(&entry.profile).map_err(|e| StateError::Encode {
+                        what: "profile",
+                        reason: e.to_string(),
+                    })?;
                 encoded.push((user.clone(), value));
             }
             self.encoded = Some(encoded);
@@ -282,12 +425,46 @@ impl PartitionState {
         self.store.db().write(batch)?;
         self.meta_dirty = false;
         self.encoded = None;
-        self.profiles.clear();
+        for user in self.dirty.drain(..) {
+            if let Some(entry) = self.cache.get_mut(&user) {
+                entry.dirty = false;
+            }
+        }
         self.deleted.clear();
         self.timers_added.clear();
         self.timers_deleted.clear();
-        self.scanned_through = None;
+        self.batch += 1;
+        self.evict();
         Ok(())
+    }
+
+    /// Cuts the (all clean) cache to 90 % of its share, least recently used batches first.
+    fn evict(&mut self) {
+        let share = self.store.profile_cache_share();
+        if self.cache.len() <= share {
+            return;
+        }
+        let keep = share - share / 10;
+        let mut ages: Vec<u64> = self.cache.values().map(|c| c.used).collect();
+        let drop = ages.len() - keep;
+        if keep == 0 {
+            self.cache.clear();
+            return;
+        }
+        let (_, oldest_kept, _) = ages.select_nth_unstable_by(drop, |a, b| a.cmp(b));
+        let threshold = *oldest_kept;
+        // Entries used before the threshold batch all go; ties at it go until enough have.
+        let mut at_threshold = drop - self.cache.values().filter(|c| c.used < threshold).count();
+        self.cache.retain(|_, c| {
+            if c.used < threshold {
+                false
+            } else if c.used == threshold && at_threshold > 0 {
+                at_threshold -= 1;
+                false
+            } else {
+                true
+            }
+        });
     }
 }
 
@@ -407,5 +584,126 @@ mod tests {
             store.timers_between(1, i64::MIN, i64::MAX).expect("timers"),
             vec![(40, "c".to_string())]
         );
+    }
+
+    fn store_with_cache(users: usize) -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let options = StoreOptions {
+            profile_cache_users: users,
+            ..StoreOptions::default()
+        };
+        let store = Store::open(dir.path(), &options).expect("open");
+        (dir, store)
+    }
+
+    #[test]
+    fn the_profile_cache_stays_within_its_share_and_keeps_recent_users() {
+        let (_dir, store) = store_with_cache(100);
+        let mut p = PartitionState::open(&store, 0).expect("open");
+        for batch in 0..10 {
+            for user in 0..50 {
+                p.profile_mut(&format!("u{batch}-{user}"))
+                    .expect("profile")
+                    .last_active_ms = batch;
+            }
+            p.set_next_offset(batch);
+            p.flush(None).expect("flush");
+            assert!(p.cached_profiles() <= 100, "{}", p.cached_profiles());
+        }
+        // The latest batch's users are cached; evicted ones still read back from RocksDB.
+        assert!(p.cache.contains_key("u9-0"));
+        assert!(!p.cache.contains_key("u0-0"));
+        assert_eq!(p.profile_mut("u0-7").expect("profile").last_active_ms, 0);
+        assert_eq!(p.dirty_profiles(), 1);
+        // A second open partition halves every partition's share.
+        let q = PartitionState::open(&store, 1).expect("open");
+        assert_eq!(store.profile_cache_share(), 50);
+        drop(q);
+        assert_eq!(store.profile_cache_share(), 100);
+    }
+
+    #[test]
+    fn a_cached_profile_is_written_only_when_changed_again() {
+        let (_dir, store) = store();
+        let mut p = PartitionState::open(&store, 0).expect("open");
+        p.profile_mut("erin").expect("profile").last_active_ms = 3;
+        p.set_next_offset(1);
+        assert_eq!(p.changelog_records().expect("records").len(), 2);
+        p.flush(None).expect("flush");
+        p.set_next_offset(2);
+        assert_eq!(
+            p.changelog_records().expect("records").len(),
+            1,
+            "only the position: the cached profile is clean"
+        );
+        p.profile_mut("erin").expect("profile").last_active_ms = 4;
+        p.flush(None).expect("flush");
+        assert_eq!(
+            store
+                .profile(0, "erin")
+                .expect("read")
+                .map(|u| u.last_active_ms),
+            Some(4)
+        );
+    }
+
+    proptest::proptest! {
+        /// Whatever the moves, takes and flushes, and however small the in-memory window,
+        /// the timers handed out are exactly those of a plain in-memory index.
+        #[test]
+        fn the_timer_window_agrees_with_a_plain_index(
+            ops in proptest::collection::vec((0u8..4, 0usize..40, 0i64..200), 1..300),
+        ) {
+            let (_dir, store) = store();
+            let window = || TimerWindow::new(3, 8);
+            let mut p = PartitionState::open_with_window(&store, 2, window()).expect("open");
+            let mut model: std::collections::BTreeMap<String, i64> = Default::default();
+            let mut now = 0i64;
+            for (op, user, t) in ops {
+                let id = format!("u{user}");
+                match op {
+                    0 | 1 => {
+                        let to = (op == 0).then_some(now + t);
+                        let from = model.get(&id).copied();
+                        p.move_timer(&id, from, to);
+                        match to {
+                            Some(to) => model.insert(id, to),
+                            None => model.remove(&id),
+                        };
+                    }
+                    2 => {
+                        now += t / 4;
+                        let got: Vec<(i64, String)> = p
+                            .take_due(now)
+                            .expect("take")
+                            .into_iter()
+                            .map(|d| (d.due_ms, d.user_id))
+                            .collect();
+                        let mut want: Vec<(i64, String)> = model
+                            .iter()
+                            .filter(|(_, d)| **d <= now)
+                            .map(|(u, d)| (*d, u.clone()))
+                            .collect();
+                        want.sort();
+                        model.retain(|_, d| *d > now);
+                        proptest::prop_assert_eq!(got, want);
+                    }
+                    _ => {
+                        p.set_next_offset(now);
+                        p.flush(None).expect("flush");
+                        if user % 3 == 0 {
+                            // Reopen: the window is rebuilt from RocksDB.
+                            drop(p);
+                            p = PartitionState::open_with_window(&store, 2, window())
+                                .expect("open");
+                        }
+                    }
+                }
+                proptest::prop_assert_eq!(p.meta().pending_timers, model.len() as i64);
+                if model.values().any(|d| *d <= now) {
+                    proptest::prop_assert!(p.may_have_due(now));
+                }
+            }
+        }
     }
 }

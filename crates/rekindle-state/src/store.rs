@@ -1,4 +1,5 @@
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use rekindle_rules::UserProfile;
@@ -16,7 +17,7 @@ pub(crate) const CF_PROFILES: &str = "profiles";
 pub(crate) const CF_TIMERS: &str = "timers";
 pub(crate) const CF_META: &str = "meta";
 /// Bumped whenever a key or value layout changes incompatibly.
-const FORMAT_VERSION: u32 = 3;
+const FORMAT_VERSION: u32 = 4;
 const FORMAT_KEY: &[u8] = b"format_version";
 
 /// Tuning that reaches RocksDB.
@@ -24,12 +25,20 @@ const FORMAT_KEY: &[u8] = b"format_version";
 pub struct StoreOptions {
     /// Shared LRU block cache for all column families.
     pub block_cache_bytes: usize,
+    /// Decoded profiles kept in memory between batches, for all open partitions together
+    /// (each partition keeps its share). Bounds the worker's memory, not the user count.
+    pub profile_cache_users: usize,
+    /// Memtable memory for all column families together: RocksDB flushes the largest
+    /// memtable when the total reaches it. Most of a worker's memory besides the caches.
+    pub write_buffer_bytes: usize,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
         StoreOptions {
             block_cache_bytes: 64 * 1024 * 1024,
+            profile_cache_users: 100_000,
+            write_buffer_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -71,6 +80,9 @@ pub struct Store {
     /// Kept for its statistics (block cache, stalls), which RocksDB reports through the
     /// options the database was opened with.
     options: Option<Arc<Options>>,
+    profile_cache_users: usize,
+    /// Partition states open on this store, which share `profile_cache_users`.
+    open_partitions: Arc<AtomicUsize>,
 }
 
 impl Store {
@@ -80,9 +92,15 @@ impl Store {
         table.set_block_cache(&cache);
         // Profiles and timers are read by point lookups and short seeks.
         table.set_bloom_filter(10.0, false);
+        // Index and filter blocks grow with the data: charged to the block cache, memory
+        // stays what the configuration says however many users there are.
+        table.set_cache_index_and_filter_blocks(true);
+        table.set_pin_l0_filter_and_index_blocks_in_cache(true);
         let mut cf_options = Options::default();
         cf_options.set_block_based_table_factory(&table);
         cf_options.set_compression_type(DBCompressionType::Lz4);
+        // Each family may use up to half the budget; the shared limit below holds the sum.
+        cf_options.set_write_buffer_size((options.write_buffer_bytes / 2).max(1 << 20));
         let cfs = [CF_PROFILES, CF_TIMERS, CF_META]
             .into_iter()
             .map(|name| ColumnFamilyDescriptor::new(name, cf_options.clone()));
@@ -90,10 +108,13 @@ impl Store {
         db_options.create_if_missing(true);
         db_options.create_missing_column_families(true);
         db_options.enable_statistics();
+        db_options.set_db_write_buffer_size(options.write_buffer_bytes);
         let db = DB::open_cf_descriptors(&db_options, path, cfs)?;
         let store = Store {
             db: Arc::new(db),
             options: Some(Arc::new(db_options)),
+            profile_cache_users: options.profile_cache_users,
+            open_partitions: Arc::default(),
         };
         store.check_format()?;
         Ok(store)
@@ -107,6 +128,8 @@ impl Store {
         let store = Store {
             db: Arc::new(db),
             options: None,
+            profile_cache_users: 0,
+            open_partitions: Arc::default(),
         };
         let meta = store.cf(CF_META)?;
         let found = store
@@ -154,6 +177,17 @@ impl Store {
                 .put_cf(meta, FORMAT_KEY, FORMAT_VERSION.to_be_bytes())?,
         }
         Ok(())
+    }
+
+    /// How many profiles one partition may keep cached, given how many are open now.
+    pub(crate) fn profile_cache_share(&self) -> usize {
+        self.profile_cache_users / self.open_partitions.load(Ordering::Relaxed).max(1)
+    }
+
+    /// Counts an open partition state until the returned guard is dropped.
+    pub(crate) fn partition_opened(&self) -> OpenPartition {
+        self.open_partitions.fetch_add(1, Ordering::Relaxed);
+        OpenPartition(self.open_partitions.clone())
     }
 
     pub(crate) fn db(&self) -> &DB {
@@ -251,17 +285,29 @@ impl Store {
         Ok(found)
     }
 
-    /// The earliest timer of `partition` at or after `from_ms`.
-    pub fn next_timer(&self, partition: u32, from_ms: i64) -> Result<Option<i64>, StateError> {
-        if let Some(entry) = self.timer_iter(partition, from_ms)?.next() {
+    /// At least `limit` timers of `partition` due at or after `from_ms` (fewer when the index
+    /// has no more), in due order, never splitting one due time between two reads. The flag
+    /// is true when the index has nothing beyond what was returned.
+    pub fn timers_from(
+        &self,
+        partition: u32,
+        from_ms: i64,
+        limit: usize,
+    ) -> Result<(Vec<(i64, String)>, bool), StateError> {
+        let mut found: Vec<(i64, String)> = Vec::with_capacity(limit);
+        for entry in self.timer_iter(partition, from_ms)? {
             let (key, _) = entry?;
-            if let Some((p, due, _)) = parse_timer_key(&key) {
-                if p == partition {
-                    return Ok(Some(due));
+            match parse_timer_key(&key) {
+                Some((p, due, user)) if p == partition => {
+                    if found.len() >= limit && found.last().is_some_and(|(d, _)| *d != due) {
+                        return Ok((found, false));
+                    }
+                    found.push((due, user));
                 }
+                _ => break,
             }
         }
-        Ok(None)
+        Ok((found, true))
     }
 
     fn timer_iter(
@@ -280,6 +326,29 @@ impl Store {
             read,
             IteratorMode::From(&seek, Direction::Forward),
         ))
+    }
+
+    /// Compacts every column family fully: what the state costs on disk once RocksDB has
+    /// caught up (for benchmarks and tools; a worker leaves this to background compaction).
+    pub fn compact(&self) -> Result<(), StateError> {
+        for name in [CF_PROFILES, CF_TIMERS, CF_META] {
+            self.db.flush_cf(self.cf(name)?)?;
+            self.db
+                .compact_range_cf(self.cf(name)?, None::<&[u8]>, None::<&[u8]>);
+        }
+        Ok(())
+    }
+
+    /// Bytes in SST files, all column families (memtables not included).
+    pub fn sst_bytes(&self) -> Result<u64, StateError> {
+        let mut total = 0;
+        for name in [CF_PROFILES, CF_TIMERS, CF_META] {
+            total += self
+                .db
+                .property_int_value_cf(self.cf(name)?, "rocksdb.total-sst-files-size")?
+                .unwrap_or(0);
+        }
+        Ok(total)
     }
 
     /// RocksDB's own estimates, cheap to read (no scan).
@@ -308,5 +377,14 @@ impl Store {
     /// Number of pending timers of `partition`; a full scan of its timers, for tests and tools.
     pub fn count_timers(&self, partition: u32) -> Result<usize, StateError> {
         Ok(self.timers_between(partition, i64::MIN, i64::MAX)?.len())
+    }
+}
+
+/// Keeps a partition counted as open (see [`Store::profile_cache_share`]) while it lives.
+pub(crate) struct OpenPartition(Arc<AtomicUsize>);
+
+impl Drop for OpenPartition {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }

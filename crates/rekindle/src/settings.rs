@@ -83,6 +83,10 @@ pub struct StateConfig {
     pub bucket_width: Duration,
     pub retained_buckets: u32,
     pub block_cache_bytes: usize,
+    /// Decoded profiles kept in memory between batches (all partitions together).
+    pub profile_cache_users: usize,
+    /// RocksDB memtable memory, all column families together.
+    pub write_buffer_bytes: usize,
     /// Send committed state changes to the changelog topic.
     pub changelog: bool,
 }

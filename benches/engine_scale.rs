@@ -1,0 +1,257 @@
+//! The engine at scale, without a broker: Avro activity for N users streamed from a file
+//! through the engine with the full default rule set, committing every 5,000 records as the
+//! worker does. One child process per point, so each point's peak RSS is its own.
+//!
+//! `make bench` runs it after the micro-benchmarks and prints one table row per point:
+//! events/s on one core (the engine is single-threaded), peak RSS, and state bytes per user
+//! on disk after a full compaction. docs/performance.md explains the figures.
+//!
+//! `REKINDLE_SCALE_PROFILE_CACHE` sets `state.profile_cache_users` (the worker's default
+//! otherwise). `REKINDLE_SCALE_POINTS` overrides the points, e.g. `100000:5000000,1000000:5000000`
+//! (users:events); `REKINDLE_SCALE_DIR` where files and state go (a temporary directory by
+//! default).
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufRead, BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rekindle_engine::{Emitted, Engine, EngineConfig, Record, RecordKind};
+use rekindle_events::{encode_event, ActivityEvent, EventDecoder};
+use rekindle_rules::{RuleBook, RuleBookConfig, RuleConfig, WindowConfig, Windows};
+use rekindle_state::{Store, StoreOptions};
+use rekindle_telemetry::Metrics;
+
+/// The worker's allocator, so the figures are the worker's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const DAY: i64 = 86_400_000;
+/// 2026-01-01T00:00:00Z
+const T0: i64 = 1_767_225_600_000;
+/// Days of history every point spans: the rules' longest lookback.
+const DAYS: i64 = 35;
+/// Records per committed batch: the worker's default `pipeline.batch_max_records`.
+const BATCH: usize = 5_000;
+const DEFAULT_POINTS: &str = "100000:5000000,1000000:5000000,10000000:5000000";
+const TIMEZONES: [&str; 4] = ["UTC", "Europe/Berlin", "America/New_York", "Asia/Tokyo"];
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(at) = args.iter().position(|a| a == "--point") {
+        let field = |i: usize| args.get(at + i).expect("--point users events file state");
+        let users: u64 = field(1).parse().expect("users");
+        let events: u64 = field(2).parse().expect("events");
+        run_point(users, events, Path::new(field(3)), Path::new(field(4)));
+        return;
+    }
+    // `cargo bench` passes `--bench`; `cargo test --benches` would pass nothing: only a
+    // bench run does the work.
+    if !args.iter().any(|a| a == "--bench") {
+        return;
+    }
+    let points = std::env::var("REKINDLE_SCALE_POINTS").unwrap_or_else(|_| DEFAULT_POINTS.into());
+    let scratch = tempfile::tempdir().expect("temporary directory");
+    let dir = std::env::var("REKINDLE_SCALE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| scratch.path().to_path_buf());
+    std::fs::create_dir_all(&dir).expect("scale directory");
+    println!();
+    println!(
+        "engine at scale: {DAYS} days of history, default rules, batches of {BATCH}, one core"
+    );
+    println!(
+        "{:>10} {:>10} {:>12} {:>10} {:>12} {:>14} {:>14}",
+        "users", "events", "events/s", "seconds", "peak RSS MiB", "users w/ state", "disk B/user"
+    );
+    for point in points.split(',').filter(|p| !p.is_empty()) {
+        let (users, events) = point
+            .split_once(':')
+            .and_then(|(u, e)| Some((u.parse::<u64>().ok()?, e.parse::<u64>().ok()?)))
+            .expect("REKINDLE_SCALE_POINTS: users:events[,users:events...]");
+        let file = dir.join(format!("activity-{users}-{events}.avro"));
+        if !file.exists() {
+            generate(users, events, &file);
+        }
+        let state = dir.join(format!("state-{users}-{events}"));
+        let _ = std::fs::remove_dir_all(&state);
+        let output = Command::new(std::env::current_exe().expect("own path"))
+            .args(["--point", &users.to_string(), &events.to_string()])
+            .arg(&file)
+            .arg(&state)
+            .output()
+            .expect("run a point");
+        assert!(
+            output.status.success(),
+            "point {point} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let line = String::from_utf8_lossy(&output.stdout);
+        let figures: BTreeMap<String, f64> =
+            serde_json::from_str(line.trim()).expect("point figures");
+        let f = |k: &str| figures.get(k).copied().unwrap_or(f64::NAN);
+        println!(
+            "{:>10} {:>10} {:>12.0} {:>10.1} {:>12.0} {:>14.0} {:>14.1}",
+            users,
+            events,
+            f("events") / f("seconds"),
+            f("seconds"),
+            f("peak_rss_bytes") / 1_048_576.0,
+            f("users_with_state"),
+            f("sst_bytes") / f("users_with_state"),
+        );
+        let _ = std::fs::remove_dir_all(&state);
+    }
+}
+
+/// Writes `events` Confluent-framed Avro events, each preceded by its length (u32 LE), in
+/// time order over [`DAYS`] days. Half the events go to users picked uniformly (so most
+/// users have state), half to a heavy tail of very active users; each user keeps a
+/// preferred time zone.
+fn generate(users: u64, events: u64, path: &Path) {
+    let mut rng = StdRng::seed_from_u64(7);
+    let mut out = BufWriter::new(File::create(path).expect("create activity file"));
+    let span = DAYS * DAY;
+    for i in 0..events {
+        let user = if rng.random::<bool>() {
+            rng.random_range(0..users)
+        } else {
+            // Density falling as x^(-2/3): a few users do most of this half.
+            let r: f64 = rng.random();
+            ((r * r * r) * users as f64) as u64
+        };
+        let ts = T0 + (i as i128 * span as i128 / events as i128) as i64;
+        let roll: f64 = rng.random();
+        let (event_type, session_seconds, amount) = if roll < 0.03 {
+            (
+                "purchase",
+                0,
+                (rng.random_range(100..10_000) as f64) / 100.0,
+            )
+        } else if roll < 0.5 {
+            ("session_end", rng.random_range(10..900), 0.0)
+        } else {
+            ("app_open", 0, 0.0)
+        };
+        let event = ActivityEvent {
+            event_id: format!("evt-{i:010}"),
+            user_id: format!("user-{user:08}"),
+            event_type: event_type.into(),
+            timestamp_ms: ts,
+            session_seconds,
+            amount,
+            timezone: Some(TIMEZONES[(user % TIMEZONES.len() as u64) as usize].into()),
+            attributes: BTreeMap::new(),
+        };
+        let payload = encode_event(&event, Some(1)).expect("encode");
+        out.write_all(&(payload.len() as u32).to_le_bytes())
+            .expect("write");
+        out.write_all(&payload).expect("write");
+    }
+    out.flush().expect("flush activity file");
+}
+
+fn rule_book() -> RuleBook {
+    let defaults: toml::Table =
+        toml::from_str(include_str!("../crates/rekindle/src/defaults.toml")).expect("defaults");
+    let rules: BTreeMap<String, RuleConfig> = defaults
+        .get("rules")
+        .cloned()
+        .expect("[rules] in defaults")
+        .try_into()
+        .expect("rule tables");
+    let config = RuleBookConfig {
+        rules,
+        ..RuleBookConfig::default()
+    };
+    let windows = Windows::new(&WindowConfig::default()).expect("windows");
+    RuleBook::new(windows, &config).expect("rule book")
+}
+
+/// Processes the file and prints its figures as one JSON object.
+fn run_point(users: u64, events: u64, file: &Path, state: &Path) {
+    let mut options = StoreOptions::default();
+    if let Some(users) = std::env::var("REKINDLE_SCALE_PROFILE_CACHE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        options.profile_cache_users = users;
+    }
+    let store = Store::open(state, &options).expect("store");
+    let config = EngineConfig {
+        topic: "activity".into(),
+        rules: rule_book(),
+        decoder: EventDecoder::new(Vec::new(), 1 << 20).expect("decoder"),
+        max_future_skew_ms: 300_000,
+    };
+    let mut engine = Engine::new(store.clone(), config, Metrics::new().expect("metrics"));
+    let mut input = BufReader::with_capacity(1 << 20, File::open(file).expect("activity file"));
+    let mut payload = Vec::with_capacity(512);
+    let mut out = Emitted::default();
+    let mut processed: u64 = 0;
+    let mut triggers: u64 = 0;
+    let started = Instant::now();
+    loop {
+        let mut len = [0u8; 4];
+        if input.fill_buf().map(|b| b.is_empty()).unwrap_or(true) {
+            break;
+        }
+        input.read_exact(&mut len).expect("length");
+        payload.resize(u32::from_le_bytes(len) as usize, 0);
+        input.read_exact(&mut payload).expect("payload");
+        let record = Record {
+            partition: 0,
+            offset: processed as i64,
+            kind: RecordKind::Avro {
+                payload: &payload,
+                timestamp_ms: None,
+            },
+        };
+        engine.process(record, &mut out).expect("process");
+        processed += 1;
+        if processed % BATCH as u64 == 0 {
+            engine.commit(&[]).expect("commit");
+            triggers += out.triggers.len() as u64;
+            out.clear();
+        }
+    }
+    engine.commit(&[]).expect("commit");
+    triggers += out.triggers.len() as u64;
+    let seconds = started.elapsed().as_secs_f64();
+    assert_eq!(processed, events, "the file holds the point's events");
+    // Before the compaction below, which is the benchmark's, not the worker's.
+    let peak_rss_bytes = peak_rss_bytes();
+    drop(engine);
+    store.compact().expect("compact");
+    let sst_bytes = store.sst_bytes().expect("sst size");
+    let users_with_state = store.stats().expect("stats").profiles_estimate;
+    println!(
+        "{}",
+        serde_json::json!({
+            "users": users,
+            "events": processed,
+            "seconds": seconds,
+            "triggers": triggers,
+            "peak_rss_bytes": peak_rss_bytes,
+            "sst_bytes": sst_bytes,
+            "users_with_state": users_with_state,
+        })
+    );
+}
+
+/// The process's high-water resident set (`VmHWM`), in bytes.
+fn peak_rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
