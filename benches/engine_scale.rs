@@ -22,9 +22,11 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rekindle_engine::{Emitted, Engine, EngineConfig, Record, RecordKind};
 use rekindle_events::{encode_event, ActivityEvent, EventDecoder};
-use rekindle_rules::{RuleBook, RuleBookConfig, RuleConfig, WindowConfig, Windows};
 use rekindle_state::{Store, StoreOptions};
 use rekindle_telemetry::Metrics;
+
+mod support;
+use support::rule_book;
 
 /// The worker's allocator, so the figures are the worker's.
 #[global_allocator]
@@ -153,23 +155,6 @@ fn generate(users: u64, events: u64, path: &Path) {
         out.write_all(&payload).expect("write");
     }
     out.flush().expect("flush activity file");
-}
-
-fn rule_book() -> RuleBook {
-    let defaults: toml::Table =
-        toml::from_str(include_str!("../crates/rekindle/src/defaults.toml")).expect("defaults");
-    let rules: BTreeMap<String, RuleConfig> = defaults
-        .get("rules")
-        .cloned()
-        .expect("[rules] in defaults")
-        .try_into()
-        .expect("rule tables");
-    let config = RuleBookConfig {
-        rules,
-        ..RuleBookConfig::default()
-    };
-    let windows = Windows::new(&WindowConfig::default()).expect("windows");
-    RuleBook::new(windows, &config).expect("rule book")
 }
 
 /// Processes the file and prints its figures as one JSON object.

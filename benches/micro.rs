@@ -8,36 +8,16 @@ use std::hint::black_box;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use rekindle_engine::{Emitted, Engine, EngineConfig, Record, RecordKind};
 use rekindle_events::{encode_event, ActivityEvent, EventDecoder};
-use rekindle_rules::{
-    Activity, Outcome, RuleBook, RuleBookConfig, RuleConfig, UserProfile, WindowConfig, Windows,
-};
+use rekindle_rules::{Activity, Outcome, UserProfile};
 use rekindle_state::{PartitionState, Store, StoreOptions};
 use rekindle_telemetry::Metrics;
+
+mod support;
+use support::rule_book;
 
 const DAY: i64 = 86_400_000;
 /// 2026-01-01T00:00:00Z
 const T0: i64 = 1_767_225_600_000;
-
-/// The built-in rules, exactly as the binary's defaults configure them.
-fn default_rules() -> RuleBookConfig {
-    let defaults: toml::Table =
-        toml::from_str(include_str!("../crates/rekindle/src/defaults.toml")).expect("defaults");
-    let rules: BTreeMap<String, RuleConfig> = defaults
-        .get("rules")
-        .cloned()
-        .expect("[rules] in defaults")
-        .try_into()
-        .expect("rule tables");
-    RuleBookConfig {
-        rules,
-        ..RuleBookConfig::default()
-    }
-}
-
-fn rule_book() -> RuleBook {
-    let windows = Windows::new(&WindowConfig::default()).expect("windows");
-    RuleBook::new(windows, &default_rules()).expect("rule book")
-}
 
 fn event(user: usize, ts: i64) -> ActivityEvent {
     ActivityEvent {

@@ -184,7 +184,11 @@ impl PartitionState {
     /// (it knows the time from the profile).
     pub fn delete_profile(&mut self, user_id: &str) {
         self.encoded = None;
-        self.cache.remove(user_id);
+        if self.cache.remove(user_id).is_some_and(|c| c.dirty) {
+            // Deletions are rare: a linear pass keeps the list free of duplicates should the
+            // user come back within the batch.
+            self.dirty.retain(|u| u != user_id);
+        }
         self.deleted.insert(user_id.to_string());
     }
 
@@ -644,6 +648,31 @@ mod tests {
                 .expect("read")
                 .map(|u| u.last_active_ms),
             Some(4)
+        );
+    }
+
+    #[test]
+    fn a_user_deleted_and_back_within_a_batch_is_written_once() {
+        let (_dir, store) = store();
+        let mut p = PartitionState::open(&store, 0).expect("open");
+        p.profile_mut("fay").expect("profile").last_active_ms = 1;
+        p.delete_profile("fay");
+        p.profile_mut("fay").expect("profile").last_active_ms = 2;
+        assert_eq!(p.dirty_profiles(), 1);
+        p.set_next_offset(3);
+        let records = p.changelog_records().expect("records");
+        assert_eq!(
+            records.len(),
+            2,
+            "one profile and the position: {records:?}"
+        );
+        p.flush(None).expect("flush");
+        assert_eq!(
+            store
+                .profile(0, "fay")
+                .expect("read")
+                .map(|u| u.last_active_ms),
+            Some(2)
         );
     }
 
