@@ -210,6 +210,9 @@ fn run_point(users: u64, events: u64, file: &Path, state: &Path) {
     assert_eq!(processed, events, "the file holds the point's events");
     // Before the compaction below, which is the benchmark's, not the worker's.
     let peak_rss_bytes = peak_rss_bytes();
+    let (memtable_bytes, table_reader_bytes, block_cache_bytes) =
+        store.memory_bytes().expect("memory figures");
+    let cached_profiles = engine.cached_profiles();
     drop(engine);
     store.compact().expect("compact");
     let sst_bytes = store.sst_bytes().expect("sst size");
@@ -222,6 +225,11 @@ fn run_point(users: u64, events: u64, file: &Path, state: &Path) {
             "seconds": seconds,
             "triggers": triggers,
             "peak_rss_bytes": peak_rss_bytes,
+            "rss_bytes": rss_bytes(),
+            "memtable_bytes": memtable_bytes,
+            "table_reader_bytes": table_reader_bytes,
+            "block_cache_bytes": block_cache_bytes,
+            "cached_profiles": cached_profiles,
             "sst_bytes": sst_bytes,
             "users_with_state": users_with_state,
         })
@@ -230,11 +238,20 @@ fn run_point(users: u64, events: u64, file: &Path, state: &Path) {
 
 /// The process's high-water resident set (`VmHWM`), in bytes.
 fn peak_rss_bytes() -> u64 {
+    status_bytes("VmHWM:")
+}
+
+/// The process's resident set now (`VmRSS`), in bytes.
+fn rss_bytes() -> u64 {
+    status_bytes("VmRSS:")
+}
+
+fn status_bytes(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|kb| kb.parse::<u64>().ok())
         })

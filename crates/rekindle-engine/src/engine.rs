@@ -121,6 +121,14 @@ impl Engine {
             .map_or(0, PartitionState::dirty_profiles)
     }
 
+    /// Profiles held in memory across all open partitions.
+    pub fn cached_profiles(&self) -> usize {
+        self.partitions
+            .values()
+            .map(PartitionState::cached_profiles)
+            .sum()
+    }
+
     pub fn clock_ms(&self, partition: u32) -> Option<i64> {
         self.partitions
             .get(&partition)

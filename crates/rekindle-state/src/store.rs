@@ -351,6 +351,26 @@ impl Store {
         Ok(total)
     }
 
+    /// RocksDB's memory by use, in bytes: (memtables, table readers outside the block
+    /// cache, block cache), all column families.
+    pub fn memory_bytes(&self) -> Result<(u64, u64, u64), StateError> {
+        let (mut memtables, mut readers) = (0, 0);
+        for name in [CF_PROFILES, CF_TIMERS, CF_META] {
+            let cf = self.cf(name)?;
+            let int = |property: &str| -> Result<u64, StateError> {
+                Ok(self.db.property_int_value_cf(cf, property)?.unwrap_or(0))
+            };
+            memtables += int("rocksdb.cur-size-all-mem-tables")?;
+            readers += int("rocksdb.estimate-table-readers-mem")?;
+        }
+        // One cache shared by every family: read it once.
+        let cache = self
+            .db
+            .property_int_value_cf(self.cf(CF_PROFILES)?, "rocksdb.block-cache-usage")?
+            .unwrap_or(0);
+        Ok((memtables, readers, cache))
+    }
+
     /// RocksDB's own estimates, cheap to read (no scan).
     pub fn stats(&self) -> Result<StoreStats, StateError> {
         let mut stats = StoreStats::default();
