@@ -328,6 +328,23 @@ impl Store {
         ))
     }
 
+    /// An integer property of one column family (0 when RocksDB has none).
+    fn property(&self, family: &'static str, property: &str) -> Result<u64, StateError> {
+        Ok(self
+            .db
+            .property_int_value_cf(self.cf(family)?, property)?
+            .unwrap_or(0))
+    }
+
+    /// An integer property summed over all column families.
+    fn summed_property(&self, property: &str) -> Result<u64, StateError> {
+        let mut total = 0;
+        for family in [CF_PROFILES, CF_TIMERS, CF_META] {
+            total += self.property(family, property)?;
+        }
+        Ok(total)
+    }
+
     /// Compacts every column family fully: what the state costs on disk once RocksDB has
     /// caught up (for benchmarks and tools; a worker leaves this to background compaction).
     pub fn compact(&self) -> Result<(), StateError> {
@@ -341,44 +358,25 @@ impl Store {
 
     /// Bytes in SST files, all column families (memtables not included).
     pub fn sst_bytes(&self) -> Result<u64, StateError> {
-        let mut total = 0;
-        for name in [CF_PROFILES, CF_TIMERS, CF_META] {
-            total += self
-                .db
-                .property_int_value_cf(self.cf(name)?, "rocksdb.total-sst-files-size")?
-                .unwrap_or(0);
-        }
-        Ok(total)
+        self.summed_property("rocksdb.total-sst-files-size")
     }
 
     /// RocksDB's memory by use, in bytes: (memtables, table readers outside the block
     /// cache, block cache), all column families.
     pub fn memory_bytes(&self) -> Result<(u64, u64, u64), StateError> {
-        let (mut memtables, mut readers) = (0, 0);
-        for name in [CF_PROFILES, CF_TIMERS, CF_META] {
-            let cf = self.cf(name)?;
-            let int = |property: &str| -> Result<u64, StateError> {
-                Ok(self.db.property_int_value_cf(cf, property)?.unwrap_or(0))
-            };
-            memtables += int("rocksdb.cur-size-all-mem-tables")?;
-            readers += int("rocksdb.estimate-table-readers-mem")?;
-        }
-        // One cache shared by every family: read it once.
-        let cache = self
-            .db
-            .property_int_value_cf(self.cf(CF_PROFILES)?, "rocksdb.block-cache-usage")?
-            .unwrap_or(0);
-        Ok((memtables, readers, cache))
+        Ok((
+            self.summed_property("rocksdb.cur-size-all-mem-tables")?,
+            self.summed_property("rocksdb.estimate-table-readers-mem")?,
+            // One cache shared by every family: read it once.
+            self.property(CF_PROFILES, "rocksdb.block-cache-usage")?,
+        ))
     }
 
     /// RocksDB's own estimates, cheap to read (no scan).
     pub fn stats(&self) -> Result<StoreStats, StateError> {
         let mut stats = StoreStats::default();
         for name in [CF_PROFILES, CF_TIMERS, CF_META] {
-            let cf = self.cf(name)?;
-            let int = |property: &str| -> Result<u64, StateError> {
-                Ok(self.db.property_int_value_cf(cf, property)?.unwrap_or(0))
-            };
+            let int = |property: &str| self.property(name, property);
             stats.live_data_bytes += int("rocksdb.estimate-live-data-size")?;
             stats.live_data_bytes += int("rocksdb.cur-size-all-mem-tables")?;
             stats.compaction_pending_bytes += int("rocksdb.estimate-pending-compaction-bytes")?;
