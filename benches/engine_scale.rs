@@ -6,9 +6,12 @@
 //! events/s on one core (the engine is single-threaded), peak RSS, and state bytes per user
 //! on disk after a full compaction. docs/performance.md explains the figures.
 //!
+//! Growth analytics (`[analytics]`) are on, as in the worker by default; a point ending in
+//! `:off` runs without them, so their cost is the difference between two rows.
+//!
 //! `REKINDLE_SCALE_PROFILE_CACHE` sets `state.profile_cache_users` (the worker's default
-//! otherwise). `REKINDLE_SCALE_POINTS` overrides the points, e.g. `100000:5000000,1000000:5000000`
-//! (users:events); `REKINDLE_SCALE_DIR` where files and state go (a temporary directory by
+//! otherwise). `REKINDLE_SCALE_POINTS` overrides the points, e.g. `100000:5000000,1000000:5000000:off`
+//! (users:events[:off]); `REKINDLE_SCALE_DIR` where files and state go (a temporary directory by
 //! default).
 
 use std::collections::BTreeMap;
@@ -22,6 +25,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rekindle_engine::{Emitted, Engine, EngineConfig, Record, RecordKind};
 use rekindle_events::{encode_event, ActivityEvent, EventDecoder};
+use rekindle_rules::{Growth, GrowthConfig};
 use rekindle_state::{Store, StoreOptions};
 use rekindle_telemetry::Metrics;
 
@@ -39,16 +43,26 @@ const T0: i64 = 1_767_225_600_000;
 const DAYS: i64 = 35;
 /// Records per committed batch: the worker's default `pipeline.batch_max_records`.
 const BATCH: usize = 5_000;
-const DEFAULT_POINTS: &str = "100000:5000000,1000000:5000000,10000000:5000000";
+const DEFAULT_POINTS: &str = "100000:5000000,1000000:5000000,1000000:5000000:off,10000000:5000000";
 const TIMEZONES: [&str; 4] = ["UTC", "Europe/Berlin", "America/New_York", "Asia/Tokyo"];
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if let Some(at) = args.iter().position(|a| a == "--point") {
-        let field = |i: usize| args.get(at + i).expect("--point users events file state");
+        let field = |i: usize| {
+            args.get(at + i)
+                .expect("--point users events file state on|off")
+        };
         let users: u64 = field(1).parse().expect("users");
         let events: u64 = field(2).parse().expect("events");
-        run_point(users, events, Path::new(field(3)), Path::new(field(4)));
+        let analytics = field(5) != "off";
+        run_point(
+            users,
+            events,
+            Path::new(field(3)),
+            Path::new(field(4)),
+            analytics,
+        );
         return;
     }
     // `cargo bench` passes `--bench`; `cargo test --benches` would pass nothing: only a
@@ -67,14 +81,26 @@ fn main() {
         "engine at scale: {DAYS} days of history, default rules, batches of {BATCH}, one core"
     );
     println!(
-        "{:>10} {:>10} {:>12} {:>10} {:>12} {:>14} {:>14}",
-        "users", "events", "events/s", "seconds", "peak RSS MiB", "users w/ state", "disk B/user"
+        "{:>10} {:>10} {:>9} {:>12} {:>10} {:>12} {:>14} {:>14}",
+        "users",
+        "events",
+        "analytics",
+        "events/s",
+        "seconds",
+        "peak RSS MiB",
+        "users w/ state",
+        "disk B/user"
     );
     for point in points.split(',').filter(|p| !p.is_empty()) {
-        let (users, events) = point
-            .split_once(':')
-            .and_then(|(u, e)| Some((u.parse::<u64>().ok()?, e.parse::<u64>().ok()?)))
-            .expect("REKINDLE_SCALE_POINTS: users:events[,users:events...]");
+        let fields: Vec<&str> = point.split(':').collect();
+        let parsed = match fields.as_slice() {
+            [u, e] => Some((u, e, "on")),
+            [u, e, "off"] => Some((u, e, "off")),
+            _ => None,
+        }
+        .and_then(|(u, e, a)| Some((u.parse::<u64>().ok()?, e.parse::<u64>().ok()?, a)));
+        let (users, events, analytics) =
+            parsed.expect("REKINDLE_SCALE_POINTS: users:events[:off][,users:events[:off]...]");
         let file = dir.join(format!("activity-{users}-{events}.avro"));
         if !file.exists() {
             generate(users, events, &file);
@@ -85,6 +111,7 @@ fn main() {
             .args(["--point", &users.to_string(), &events.to_string()])
             .arg(&file)
             .arg(&state)
+            .arg(analytics)
             .output()
             .expect("run a point");
         assert!(
@@ -97,9 +124,10 @@ fn main() {
             serde_json::from_str(line.trim()).expect("point figures");
         let f = |k: &str| figures.get(k).copied().unwrap_or(f64::NAN);
         println!(
-            "{:>10} {:>10} {:>12.0} {:>10.1} {:>12.0} {:>14.0} {:>14.1}",
+            "{:>10} {:>10} {:>9} {:>12.0} {:>10.1} {:>12.0} {:>14.0} {:>14.1}",
             users,
             events,
+            analytics,
             f("events") / f("seconds"),
             f("seconds"),
             f("peak_rss_bytes") / 1_048_576.0,
@@ -158,7 +186,7 @@ fn generate(users: u64, events: u64, path: &Path) {
 }
 
 /// Processes the file and prints its figures as one JSON object.
-fn run_point(users: u64, events: u64, file: &Path, state: &Path) {
+fn run_point(users: u64, events: u64, file: &Path, state: &Path, analytics: bool) {
     let mut options = StoreOptions::default();
     if let Some(users) = std::env::var("REKINDLE_SCALE_PROFILE_CACHE")
         .ok()
@@ -172,6 +200,11 @@ fn run_point(users: u64, events: u64, file: &Path, state: &Path) {
         rules: rule_book(),
         decoder: EventDecoder::new(Vec::new(), 1 << 20).expect("decoder"),
         max_future_skew_ms: 300_000,
+        growth: Growth::new(&GrowthConfig {
+            enabled: analytics,
+            ..GrowthConfig::default()
+        })
+        .expect("default analytics are valid"),
     };
     let mut engine = Engine::new(store.clone(), config, Metrics::new().expect("metrics"));
     let mut input = BufReader::with_capacity(1 << 20, File::open(file).expect("activity file"));

@@ -193,6 +193,8 @@ fn engine(c: &mut Criterion) {
                     rules: rule_book(),
                     decoder: EventDecoder::new(Vec::new(), 1 << 20).expect("decoder"),
                     max_future_skew_ms: 300_000,
+                    growth: rekindle_rules::Growth::new(&rekindle_rules::GrowthConfig::default())
+                        .expect("default analytics are valid"),
                 };
                 (
                     dir,

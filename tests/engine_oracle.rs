@@ -31,6 +31,8 @@ fn engine(dir: &std::path::Path) -> Engine {
         rules: RuleBook::new(windows, &rules).expect("rule book"),
         decoder: EventDecoder::new(Vec::new(), 1 << 20).expect("decoder"),
         max_future_skew_ms: 0,
+        growth: rekindle_rules::Growth::new(&rekindle_rules::GrowthConfig::default())
+            .expect("default analytics are valid"),
     };
     Engine::new(store, config, Metrics::new().expect("metrics"))
 }

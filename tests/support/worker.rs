@@ -482,6 +482,11 @@ pub fn read_topic(
 
 /// `GET path` from the worker's HTTP listener (address read from its config): status and body.
 pub fn http_get(config: &Path, path: &str) -> (u16, String) {
+    try_http_get(config, path).expect("worker HTTP listener")
+}
+
+/// As [`http_get`], `None` while the listener is not up.
+pub fn try_http_get(config: &Path, path: &str) -> Option<(u16, String)> {
     use std::io::Read;
     let toml = std::fs::read_to_string(config).expect("config");
     let listen = toml
@@ -489,7 +494,7 @@ pub fn http_get(config: &Path, path: &str) -> (u16, String) {
         .find_map(|l| l.strip_prefix("listen = "))
         .map(|v| v.trim_matches('"').to_string())
         .expect("http.listen in the test config");
-    let mut stream = std::net::TcpStream::connect(&listen).expect("worker HTTP listener");
+    let mut stream = std::net::TcpStream::connect(&listen).ok()?;
     write!(
         stream,
         "GET {path} HTTP/1.1\r\nHost: {listen}\r\nConnection: close\r\n\r\n"
@@ -506,5 +511,5 @@ pub fn http_get(config: &Path, path: &str) -> (u16, String) {
         .split_once("\r\n\r\n")
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
-    (status, body)
+    Some((status, body))
 }

@@ -1,7 +1,9 @@
 use std::collections::HashMap;
 
 use rekindle_events::{ActivityEvent, AuditRecord, EventDecoder, EventError, EventKind};
-use rekindle_rules::{Activity, LifecycleStage, Outcome, RuleBook, Verdict};
+use rekindle_rules::{
+    Activity, Growth, GrowthFigures, LifecycleStage, Outcome, RuleBook, Verdict, RETENTION_DAYS,
+};
 use rekindle_state::{ChangelogRecord, PartitionState, Store};
 use rekindle_telemetry::{Metrics, PartitionSeries};
 use tracing::{debug, warn};
@@ -28,6 +30,8 @@ pub struct EngineConfig {
     /// An event time more than this ahead of the record's ingest time is clamped to it
     /// before it moves the clock (the event still counts as activity at its own time).
     pub max_future_skew_ms: i64,
+    /// Growth figures (active users, retention); `None`: analytics are off.
+    pub growth: Option<Growth>,
 }
 
 /// Running totals since the engine started, for progress logs and summaries.
@@ -58,6 +62,11 @@ pub struct Engine {
 impl Engine {
     pub fn new(store: Store, config: EngineConfig, metrics: Metrics) -> Engine {
         initialise_rule_series(&metrics, &config.rules);
+        if config.growth.is_some() {
+            for reason in ["too_late", "ahead"] {
+                metrics.growth_uncounted.with_label_values(&[reason]);
+            }
+        }
         Engine {
             store,
             stats: EngineStats::default(),
@@ -138,6 +147,16 @@ impl Engine {
     fn partition(&mut self, partition: u32) -> Result<&mut PartitionState, EngineError> {
         if !self.partitions.contains_key(&partition) {
             let state = PartitionState::open(&self.store, partition)?;
+            if let Some(growth) = &self.config.growth {
+                let stored = state.growth().timezone.as_str();
+                if !stored.is_empty() && stored != growth.timezone() {
+                    return Err(EngineError::GrowthZone {
+                        partition,
+                        stored: stored.to_string(),
+                        configured: growth.timezone().to_string(),
+                    });
+                }
+            }
             self.partitions.insert(partition, state);
             let series = self.metrics.partition_series(&self.config.topic, partition);
             self.partition_series.insert(partition, series);
@@ -238,7 +257,18 @@ impl Engine {
             .ok_or_else(|| missing(partition))?;
         let now = state.clock_ms();
         let user = event.user_id.as_str();
-        let profile = state.profile_mut(user)?;
+        let growth = self
+            .config
+            .growth
+            .as_ref()
+            .filter(|_| event.kind() == EventKind::Activity);
+        let (profile, figures) = match growth {
+            Some(_) => {
+                let (profile, figures) = state.profile_and_growth_mut(user)?;
+                (profile, Some(figures))
+            }
+            None => (state.profile_mut(user)?, None),
+        };
         if profile
             .applied_offset
             .is_some_and(|applied| offset <= applied)
@@ -250,6 +280,15 @@ impl Engine {
             return Ok(Disposition::Skipped);
         }
         profile.applied_offset = Some(offset);
+        if let (Some(growth), Some(figures)) = (growth, figures) {
+            let counted = growth.record(&mut profile.active_days, event.timestamp_ms, now, figures);
+            if let Some(reason) = counted.uncounted_reason() {
+                self.metrics
+                    .growth_uncounted
+                    .with_label_values(&[reason])
+                    .inc();
+            }
+        }
         let wake_before = profile.wake_at_ms;
         // `None`: the user is deleted; otherwise the user's next wake-up.
         let next = match event.kind() {
@@ -356,8 +395,17 @@ impl Engine {
                 .iter()
                 .find(|(p, _)| p == partition)
                 .map(|(_, n)| *n);
+            if let Some(growth) = &self.config.growth {
+                let clock = state.clock_ms();
+                if growth.needs_settling(state.growth(), clock) {
+                    growth.settle(state.growth_mut(), clock);
+                }
+            }
             state.flush(next)?;
             if let Some(series) = self.partition_series.get(partition) {
+                if let Some(growth) = &self.config.growth {
+                    report_growth(growth, state.growth(), state.clock_ms(), series);
+                }
                 series.clock_time.set(state.clock_ms() as f64 / 1000.0);
                 series.pending_timers.set(state.meta().pending_timers);
                 for (gauge, users) in series.stage_users.iter().zip(state.meta().stage_users) {
@@ -426,6 +474,36 @@ fn report(
                     group: group.to_string(),
                 });
             }
+        }
+    }
+}
+
+/// Sets a partition's growth gauges from its figures at the clock.
+fn report_growth(
+    growth: &Growth,
+    figures: &GrowthFigures,
+    clock_ms: i64,
+    series: &PartitionSeries,
+) {
+    let Some(today) = growth.day_of(clock_ms) else {
+        return;
+    };
+    let now = figures.day(today);
+    for (gauge, value) in series.active_users.iter().zip([now.dau, now.wau, now.mau]) {
+        gauge.set(i64::from(value));
+    }
+    for (i, k) in RETENTION_DAYS.iter().enumerate() {
+        // The latest cohort whose day k has ended: its day k is yesterday.
+        let latest = today - 1 - k;
+        for (span, cohorts) in [(0, 1), (1, 7)] {
+            let (mut users, mut returned) = (0i64, 0i64);
+            for cohort in latest - cohorts + 1..=latest {
+                let counts = figures.cohort(cohort);
+                users += i64::from(counts.users);
+                returned += i64::from(counts.returned[i]);
+            }
+            series.cohort_users[i][span].set(users);
+            series.cohort_returned[i][span].set(returned);
         }
     }
 }

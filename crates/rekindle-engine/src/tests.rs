@@ -32,6 +32,8 @@ fn engine_with(dir: &std::path::Path, rules: &RuleBookConfig) -> Engine {
         rules: RuleBook::new(windows, rules).expect("rule book"),
         decoder: EventDecoder::new(Vec::new(), 1 << 20).expect("decoder"),
         max_future_skew_ms: 60_000,
+        growth: rekindle_rules::Growth::new(&rekindle_rules::GrowthConfig::default())
+            .expect("default analytics are valid"),
     };
     Engine::new(store, config, Metrics::new().expect("metrics"))
 }
@@ -490,5 +492,60 @@ fn changelog_restore_after_a_crash_between_changelog_and_commit_counts_nothing_t
             .meta(0)
             .expect("meta")
             .map(|m| (m.next_offset, m.stage_users))
+    );
+}
+
+#[test]
+fn growth_gauges_follow_the_figures_at_each_commit() {
+    let dir = tempfile::tempdir().expect("dir");
+    let store = Store::open(dir.path(), &StoreOptions::default()).expect("store");
+    let windows = Windows::new(&WindowConfig::default()).expect("windows");
+    let metrics = Metrics::new().expect("metrics");
+    let config = EngineConfig {
+        topic: "activity".into(),
+        rules: RuleBook::new(windows, &lapsed_only()).expect("rule book"),
+        decoder: EventDecoder::new(Vec::new(), 1 << 20).expect("decoder"),
+        max_future_skew_ms: 60_000,
+        growth: rekindle_rules::Growth::new(&rekindle_rules::GrowthConfig::default())
+            .expect("default analytics are valid"),
+    };
+    let mut e = Engine::new(store, config, metrics.clone());
+    let mut f = Feed::new(&mut e);
+    // Cohort of day 0: a and b active on days 0-2, c on day 0 and again on day 7.
+    f.two_engaged_users();
+    f.event("c", T0);
+    f.event("c", T0 + 7 * DAY + 5);
+    // Far behind a's latest day: left out of the figures, and counted as such.
+    f.event("a", T0 - 40 * DAY);
+    f.tick(T0 + 9 * DAY + 3_600_000);
+    e.commit(&[]).expect("commit");
+    let text = metrics.render();
+    for expected in [
+        // Day 9: nobody today, c within the week, everyone within the month.
+        r#"rekindle_growth_active_users{partition="0",window="1d"} 0"#,
+        r#"rekindle_growth_active_users{partition="0",window="7d"} 1"#,
+        r#"rekindle_growth_active_users{partition="0",window="30d"} 3"#,
+        // Day 7 of cohort 0 ended on day 7; cohort 1 (empty) is the latest complete one.
+        r#"rekindle_growth_cohort_users{cohorts="latest",day="7",partition="0"} 0"#,
+        r#"rekindle_growth_cohort_users{cohorts="last7",day="7",partition="0"} 3"#,
+        r#"rekindle_growth_cohort_returned_users{cohorts="last7",day="7",partition="0"} 1"#,
+        r#"rekindle_growth_cohort_users{cohorts="last7",day="1",partition="0"} 0"#,
+        r#"rekindle_growth_uncounted_activity_total{reason="too_late"} 1"#,
+        r#"rekindle_growth_uncounted_activity_total{reason="ahead"} 0"#,
+    ] {
+        assert!(text.contains(expected), "missing {expected}\n{text}");
+    }
+    let figures = e.store().growth(0).expect("stored figures");
+    // Day numbers count from 1970-01-01; T0 is a UTC midnight.
+    let day0 = T0 / DAY;
+    assert_eq!(figures.day(day0 + 2).dau, 2);
+    assert_eq!(figures.day(day0 + 9).wau, 1);
+    let cohort = figures.cohort(day0);
+    assert_eq!(cohort.users, 3);
+    assert_eq!(cohort.returned, [2, 1, 0], "a and b on day 1, c on day 7");
+    assert_eq!(
+        cohort.rolling,
+        [3, 1, 0],
+        "day 1 or later: all; day 7 or later: c"
     );
 }

@@ -16,6 +16,7 @@ mod config;
 mod decision;
 mod engagement_drop;
 mod error;
+mod growth;
 mod new_user;
 mod policy;
 mod profile;
@@ -35,6 +36,10 @@ pub use config::{
 };
 pub use decision::{Decision, Outcome, Reason, Verdict};
 pub use error::RulesError;
+pub use growth::{
+    day_label, ActiveDays, CohortCounts, Counted, DayCounts, Growth, GrowthConfig, GrowthFigures,
+    LATE_DAYS, RETENTION_DAYS,
+};
 pub use policy::{time_zone, Holdout, QuietHours};
 pub use profile::{
     Attribution, Bucket, BucketSums, DecisionNote, Deferred, Group, RuleMemory, StageMemory,

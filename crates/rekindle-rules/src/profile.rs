@@ -1,7 +1,7 @@
 use rekindle_events::ReactivationTrigger;
 use serde::{Deserialize, Serialize};
 
-use crate::{LifecycleStage, Windows};
+use crate::{ActiveDays, LifecycleStage, Windows};
 
 /// Activity in one bucket (a UTC day by default). A bucket exists only if the user was active
 /// in it, so presence is the active flag.
@@ -111,6 +111,9 @@ pub struct UserProfile {
     /// batch that crashed after its changelog records were sent): its own events at or
     /// below this offset are then already in it and are not applied twice.
     pub applied_offset: Option<i64>,
+    /// Active days in the reporting zone, for the growth figures; `None` until the first
+    /// activity, or when analytics are off.
+    pub active_days: Option<ActiveDays>,
 }
 
 /// What recording one activity did to the profile.

@@ -6,20 +6,22 @@
 //! | key                | value                                              |
 //! |--------------------|----------------------------------------------------|
 //! | `u` + user id      | version byte + the profile (postcard); none: deleted |
+//! | `g`                | version byte + the growth figures (postcard)       |
 //! | `m`                | version byte + next offset and clock (postcard)    |
 //!
 //! A batch writes its profile records first and its meta record last. Compaction keeps the
 //! latest value of each key, so the log always holds every live profile and the latest meta.
 
-use rekindle_rules::UserProfile;
+use rekindle_rules::{GrowthFigures, UserProfile};
 use serde::{Deserialize, Serialize};
 
 use crate::StateError;
 
 /// Bumped with the profile layout (the state's format version follows it).
-pub const CHANGELOG_VERSION: u8 = 4;
+pub const CHANGELOG_VERSION: u8 = 5;
 const USER_PREFIX: u8 = b'u';
 const META_KEY: &[u8] = b"m";
+const GROWTH_KEY: &[u8] = b"g";
 
 /// One record for the changelog partition of the state's partition.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,6 +46,7 @@ pub enum ChangelogEntry {
         profile: Option<Box<UserProfile>>,
     },
     Meta(ChangelogMeta),
+    Growth(Box<GrowthFigures>),
 }
 
 pub(crate) fn profile_record(user_id: &str, encoded: &[u8]) -> ChangelogRecord {
@@ -64,6 +67,19 @@ pub(crate) fn tombstone(user_id: &str) -> ChangelogRecord {
     key.push(USER_PREFIX);
     key.extend_from_slice(user_id.as_bytes());
     ChangelogRecord { key, value: None }
+}
+
+pub(crate) fn growth_record(figures: &GrowthFigures) -> Result<ChangelogRecord, StateError> {
+    let mut value = vec![CHANGELOG_VERSION];
+    let encoded = postcard::to_allocvec(figures).map_err(|e| StateError::Encode {
+        what: "changelog growth figures",
+        reason: e.to_string(),
+    })?;
+    value.extend_from_slice(&encoded);
+    Ok(ChangelogRecord {
+        key: GROWTH_KEY.to_vec(),
+        value: Some(value),
+    })
 }
 
 pub(crate) fn meta_record(meta: ChangelogMeta) -> Result<ChangelogRecord, StateError> {
@@ -106,6 +122,11 @@ pub fn decode_entry(
         let body = body.ok_or_else(|| corrupt("meta record without a value".into()))?;
         let meta = postcard::from_bytes(body).map_err(|e| corrupt(e.to_string()))?;
         return Ok(ChangelogEntry::Meta(meta));
+    }
+    if key == GROWTH_KEY {
+        let body = body.ok_or_else(|| corrupt("growth record without a value".into()))?;
+        let figures = postcard::from_bytes(body).map_err(|e| corrupt(e.to_string()))?;
+        return Ok(ChangelogEntry::Growth(Box::new(figures)));
     }
     match key.split_first() {
         Some((&USER_PREFIX, user)) => {
@@ -158,6 +179,16 @@ mod tests {
         assert_eq!(
             decode_entry(0, &m.key, m.value.as_deref()).expect("decode"),
             ChangelogEntry::Meta(meta)
+        );
+        let mut figures = GrowthFigures::default();
+        let growth = rekindle_rules::Growth::new(&rekindle_rules::GrowthConfig::default())
+            .expect("valid")
+            .expect("enabled");
+        growth.record(&mut None, 5, 5, &mut figures);
+        let g = growth_record(&figures).expect("growth");
+        assert_eq!(
+            decode_entry(0, &g.key, g.value.as_deref()).expect("decode"),
+            ChangelogEntry::Growth(Box::new(figures))
         );
     }
 

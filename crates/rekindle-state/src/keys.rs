@@ -4,6 +4,13 @@ pub(crate) fn partition_prefix(partition: u32) -> [u8; 4] {
     partition.to_be_bytes()
 }
 
+/// The partition's growth figures, in the meta family beside its position. Five bytes, so
+/// that listing partitions (four-byte keys) passes over it.
+pub(crate) fn growth_key(partition: u32) -> [u8; 5] {
+    let [a, b, c, d] = partition_prefix(partition);
+    [a, b, c, d, b'g']
+}
+
 pub(crate) fn profile_key(partition: u32, user_id: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(4 + user_id.len());
     key.extend_from_slice(&partition_prefix(partition));

@@ -1,10 +1,12 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 
-use rekindle_rules::UserProfile;
+use rekindle_rules::{GrowthFigures, UserProfile};
 use rocksdb::WriteBatch;
 
-use crate::changelog::{meta_record, profile_record, tombstone, ChangelogMeta, ChangelogRecord};
-use crate::keys::{partition_prefix, profile_key, timer_key};
+use crate::changelog::{
+    growth_record, meta_record, profile_record, tombstone, ChangelogMeta, ChangelogRecord,
+};
+use crate::keys::{growth_key, partition_prefix, profile_key, timer_key};
 use crate::store::{OpenPartition, CF_META, CF_PROFILES, CF_TIMERS};
 use crate::{PartitionMeta, StateError, Store};
 
@@ -100,6 +102,9 @@ pub struct PartitionState {
     batch: u64,
     /// The position or counts changed since the last flush.
     meta_dirty: bool,
+    /// The partition's growth figures, written with the batch that changed them.
+    growth: GrowthFigures,
+    growth_dirty: bool,
     /// Profiles encoded for the changelog, reused by the flush that follows unless a
     /// profile was touched in between.
     encoded: Option<Vec<(String, Vec<u8>)>>,
@@ -121,6 +126,7 @@ impl PartitionState {
         timers: TimerWindow,
     ) -> Result<PartitionState, StateError> {
         let stored = store.meta(partition)?;
+        let growth = store.growth(partition)?;
         let mut state = PartitionState {
             store: store.clone(),
             partition,
@@ -134,6 +140,8 @@ impl PartitionState {
             timers,
             batch: 0,
             meta_dirty: false,
+            growth,
+            growth_dirty: false,
             encoded: None,
             _open: store.partition_opened(),
         };
@@ -178,6 +186,32 @@ impl PartitionState {
         if let Some(slot) = to.and_then(|i| self.meta.stage_users.get_mut(i)) {
             *slot = slot.saturating_add(1);
         }
+    }
+
+    pub fn growth(&self) -> &GrowthFigures {
+        &self.growth
+    }
+
+    /// The growth figures, to change: they are written with this batch.
+    pub fn growth_mut(&mut self) -> &mut GrowthFigures {
+        self.growth_dirty = true;
+        &mut self.growth
+    }
+
+    /// The user's profile (as [`PartitionState::profile_mut`]) and the partition's growth
+    /// figures (as [`PartitionState::growth_mut`]) together, to count the user's activity.
+    pub fn profile_and_growth_mut(
+        &mut self,
+        user_id: &str,
+    ) -> Result<(&mut UserProfile, &mut GrowthFigures), StateError> {
+        self.growth_dirty = true;
+        self.profile_mut(user_id)?;
+        let entry = self.cache.get_mut(user_id).ok_or(StateError::Corrupt {
+            what: "profile cache",
+            partition: self.partition,
+            reason: "entry vanished".into(),
+        })?;
+        Ok((&mut entry.profile, &mut self.growth))
     }
 
     /// Forgets a user: the profile is removed at flush. The caller removes the user's timer
@@ -350,7 +384,7 @@ impl PartitionState {
 
     /// True when the batch changed anything a flush would write.
     pub fn is_dirty(&self) -> bool {
-        self.meta_dirty || !self.dirty.is_empty() || !self.deleted.is_empty()
+        self.meta_dirty || self.growth_dirty || !self.dirty.is_empty() || !self.deleted.is_empty()
     }
 
     fn encode_profiles(&mut self) -> Result<&[(String, Vec<u8>)], StateError> {
@@ -386,6 +420,9 @@ impl PartitionState {
         }
         for user in &self.deleted {
             records.push(tombstone(user));
+        }
+        if self.growth_dirty {
+            records.push(growth_record(&self.growth)?);
         }
         if self.has_meta {
             records.push(meta_record(ChangelogMeta {
@@ -426,8 +463,16 @@ impl PartitionState {
             })?;
             batch.put_cf(meta_cf, partition_prefix(self.partition), meta);
         }
+        if self.growth_dirty {
+            let growth = postcard::to_allocvec(&self.growth).map_err(|e| StateError::Encode {
+                what: "growth figures",
+                reason: e.to_string(),
+            })?;
+            batch.put_cf(meta_cf, growth_key(self.partition), growth);
+        }
         self.store.db().write(batch)?;
         self.meta_dirty = false;
+        self.growth_dirty = false;
         self.encoded = None;
         for user in self.dirty.drain(..) {
             if let Some(entry) = self.cache.get_mut(&user) {

@@ -3,7 +3,7 @@
 use rocksdb::WriteBatch;
 
 use crate::changelog::{decode_entry, ChangelogEntry, ChangelogMeta};
-use crate::keys::{partition_prefix, profile_key, timer_key};
+use crate::keys::{growth_key, partition_prefix, profile_key, timer_key};
 use crate::store::{CF_META, CF_PROFILES, CF_TIMERS};
 use crate::{PartitionMeta, StateError, Store};
 
@@ -62,6 +62,7 @@ impl Store {
         batch.delete_range_cf(self.cf(CF_PROFILES)?, from, to);
         batch.delete_range_cf(self.cf(CF_TIMERS)?, from, to);
         batch.delete_cf(self.cf(CF_META)?, from);
+        batch.delete_cf(self.cf(CF_META)?, growth_key(partition));
         self.db().write(batch)?;
         Ok(())
     }
@@ -72,6 +73,12 @@ impl Restore<'_> {
     pub fn apply(&mut self, key: &[u8], value: Option<&[u8]>) -> Result<(), StateError> {
         match decode_entry(self.partition, key, value)? {
             ChangelogEntry::Meta(meta) => self.meta = Some(meta),
+            // Stored as the changelog carries it, without the version byte.
+            ChangelogEntry::Growth(_) => self.batch.put_cf(
+                self.store.cf(CF_META)?,
+                growth_key(self.partition),
+                value.and_then(|v| v.get(1..)).unwrap_or_default(),
+            ),
             ChangelogEntry::Profile { user_id, profile } => {
                 let key = profile_key(self.partition, &user_id);
                 let profiles = self.store.cf(CF_PROFILES)?;
@@ -218,8 +225,13 @@ mod tests {
         gone: &[&str],
         next: i64,
     ) -> Vec<ChangelogRecord> {
+        let growth = rekindle_rules::Growth::new(&rekindle_rules::GrowthConfig::default())
+            .expect("valid")
+            .expect("enabled");
         for user in users {
-            let profile = p.profile_mut(user).expect("profile");
+            let (profile, figures) = p.profile_and_growth_mut(user).expect("profile");
+            let day_ms = next * rekindle_rules::DAY_MS;
+            growth.record(&mut profile.active_days, day_ms, day_ms, figures);
             let before = profile.wake_at_ms;
             let first = profile.stage.is_none();
             profile.last_active_ms = next;
@@ -286,6 +298,11 @@ mod tests {
         assert_eq!(summary.users, 2);
         assert_eq!(summary.records, log.len() as u64);
         assert_eq!(snapshot(&restored), snapshot(&original));
+        let figures = restored.growth(7).expect("growth");
+        assert_eq!(figures, original.growth(7).expect("growth"));
+        assert_eq!(figures.day(5).dau, 1, "bob on day 5");
+        assert_eq!(figures.day(5).wau, 3, "ann, bob and cy within the week");
+        assert!(restored.growth(8).expect("growth").days().next().is_none());
         for user in ["ann", "bob", "cy", "zed"] {
             assert_eq!(
                 restored.profile(7, user).expect("read"),

@@ -2,7 +2,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use rekindle_rules::UserProfile;
+use rekindle_rules::{GrowthFigures, UserProfile};
 use rocksdb::statistics::Ticker;
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, Direction,
@@ -10,14 +10,14 @@ use rocksdb::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::keys::{parse_timer_key, partition_prefix, profile_key, timer_seek};
+use crate::keys::{growth_key, parse_timer_key, partition_prefix, profile_key, timer_seek};
 use crate::StateError;
 
 pub(crate) const CF_PROFILES: &str = "profiles";
 pub(crate) const CF_TIMERS: &str = "timers";
 pub(crate) const CF_META: &str = "meta";
 /// Bumped whenever a key or value layout changes incompatibly.
-const FORMAT_VERSION: u32 = 4;
+const FORMAT_VERSION: u32 = 5;
 const FORMAT_KEY: &[u8] = b"format_version";
 
 /// Tuning that reaches RocksDB.
@@ -198,6 +198,23 @@ impl Store {
         self.db
             .cf_handle(name)
             .ok_or(StateError::MissingColumnFamily(name))
+    }
+
+    /// The partition's growth figures (empty before its first counted activity).
+    pub fn growth(&self, partition: u32) -> Result<GrowthFigures, StateError> {
+        let bytes = self
+            .db
+            .get_pinned_cf(self.cf(CF_META)?, growth_key(partition))?;
+        let figures = bytes
+            .map(|b| {
+                postcard::from_bytes(&b).map_err(|e| StateError::Corrupt {
+                    what: "growth figures",
+                    partition,
+                    reason: e.to_string(),
+                })
+            })
+            .transpose()?;
+        Ok(figures.unwrap_or_default())
     }
 
     pub fn meta(&self, partition: u32) -> Result<Option<PartitionMeta>, StateError> {

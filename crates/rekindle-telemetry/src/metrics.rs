@@ -36,6 +36,10 @@ pub struct Metrics {
     pub attributable: IntCounterVec,
     pub stage_transitions: IntCounterVec,
     pub stage_users: IntGaugeVec,
+    pub growth_active_users: IntGaugeVec,
+    pub growth_cohort_users: IntGaugeVec,
+    pub growth_cohort_returned: IntGaugeVec,
+    pub growth_uncounted: IntCounterVec,
     pub audit_acked: IntCounter,
     pub triggers_acked: IntCounter,
     pub trigger_latency: Histogram,
@@ -66,7 +70,21 @@ pub struct PartitionSeries {
     /// Users per lifecycle stage, in `LifecycleStage::index` order.
     pub stage_users: [IntGauge; 5],
     pub pending_timers: IntGauge,
+    /// Distinct users active in the 1, 7 and 30 days ending with the clock's day.
+    pub active_users: [IntGauge; 3],
+    /// Per retention day (1, 7, 30): users of the latest complete cohort, then of the seven
+    /// latest complete cohorts together.
+    pub cohort_users: [[IntGauge; 2]; 3],
+    /// The same cohorts' users active again on that day.
+    pub cohort_returned: [[IntGauge; 2]; 3],
 }
+
+/// `window` label values of the active-user gauge.
+const WINDOWS: [&str; 3] = ["1d", "7d", "30d"];
+/// `day` label values of the retention gauges.
+const RETENTION_DAYS: [&str; 3] = ["1", "7", "30"];
+/// `cohorts` label values of the retention gauges.
+const COHORT_SPANS: [&str; 2] = ["latest", "last7"];
 
 /// Stage label values in `LifecycleStage::index` order.
 const STAGES: [&str; 5] = ["new", "active", "at_risk", "dormant", "churned"];
@@ -216,6 +234,26 @@ impl Metrics {
                 "Users per lifecycle stage in each owned partition, at the last commit; sum over partitions.",
                 &["partition", "stage"],
             )?,
+            growth_active_users: b.gauge_vec(
+                "rekindle_growth_active_users",
+                "Distinct users active in the 1, 7 or 30 calendar days (reporting zone) ending with the clock's day, per owned partition, at the last commit; sum over partitions.",
+                &["partition", "window"],
+            )?,
+            growth_cohort_users: b.gauge_vec(
+                "rekindle_growth_cohort_users",
+                "New users of the latest complete cohort for retention day N (cohorts=latest) or of the seven latest together (cohorts=last7), per owned partition.",
+                &["partition", "day", "cohorts"],
+            )?,
+            growth_cohort_returned: b.gauge_vec(
+                "rekindle_growth_cohort_returned_users",
+                "Of those cohorts' users, how many were active again on day N after their first day.",
+                &["partition", "day", "cohorts"],
+            )?,
+            growth_uncounted: b.counter_vec(
+                "rekindle_growth_uncounted_activity_total",
+                "Activities left out of the growth figures, by reason (too_late: over 34 days behind the user's latest day; ahead: dated after the clock's next day).",
+                &["reason"],
+            )?,
             audit_acked: b.counter(
                 "rekindle_emit_audit_records_acked_total",
                 "Audit records acknowledged by the broker.",
@@ -317,6 +355,22 @@ impl Metrics {
                 .with_label_values(&[label.as_str()]),
             stage_users: STAGES
                 .map(|stage| self.stage_users.with_label_values(&[label.as_str(), stage])),
+            active_users: WINDOWS.map(|window| {
+                self.growth_active_users
+                    .with_label_values(&[label.as_str(), window])
+            }),
+            cohort_users: RETENTION_DAYS.map(|day| {
+                COHORT_SPANS.map(|span| {
+                    self.growth_cohort_users
+                        .with_label_values(&[label.as_str(), day, span])
+                })
+            }),
+            cohort_returned: RETENTION_DAYS.map(|day| {
+                COHORT_SPANS.map(|span| {
+                    self.growth_cohort_returned
+                        .with_label_values(&[label.as_str(), day, span])
+                })
+            }),
         }
     }
 
@@ -328,6 +382,21 @@ impl Metrics {
             let _ = self
                 .stage_users
                 .remove_label_values(&[label.as_str(), stage]);
+        }
+        for window in WINDOWS {
+            let _ = self
+                .growth_active_users
+                .remove_label_values(&[label.as_str(), window]);
+        }
+        for day in RETENTION_DAYS {
+            for span in COHORT_SPANS {
+                let _ = self
+                    .growth_cohort_users
+                    .remove_label_values(&[label.as_str(), day, span]);
+                let _ =
+                    self.growth_cohort_returned
+                        .remove_label_values(&[label.as_str(), day, span]);
+            }
         }
         let _ = self.clock_time.remove_label_values(&[label.as_str()]);
         let _ = self

@@ -10,6 +10,7 @@ mod generate;
 mod inspect;
 mod observe;
 mod replay;
+mod report;
 mod restore;
 mod run;
 mod security;
@@ -49,6 +50,9 @@ enum Command {
     /// Print one user's state, stage, pending timers and recent decisions from a state
     /// directory (read-only; safe beside a running worker).
     Inspect(inspect::InspectArgs),
+    /// Print growth figures (active users, retention cohorts) from a state directory, or
+    /// from the engine run over a replay file with --input; --format json for machines.
+    Report(report::ReportArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -62,6 +66,7 @@ fn main() -> std::process::ExitCode {
             Command::Gen(args) => generate::generate(&settings, &args),
             Command::Tail(args) => wiring::runtime()?.block_on(tail::tail(&settings, &args)),
             Command::Inspect(args) => inspect::inspect(&settings, &args),
+            Command::Report(args) => report::report(&settings, &args),
         }
     })();
     match result {

@@ -58,7 +58,9 @@ pub fn replay(settings: &Settings, args: &ReplayArgs) -> anyhow::Result<()> {
     let stdout = std::io::stdout();
     let mut out = BufWriter::new(stdout.lock());
     let mut failed: Option<anyhow::Error> = None;
-    run_file(&settings, args, args.state_dir.as_deref(), &mut |emitted| {
+    let temp = tempfile::tempdir().context("creating a temporary state directory")?;
+    let dir = args.state_dir.as_deref().unwrap_or(temp.path());
+    run_file(&settings, &args.input, args.until_ms, dir, &mut |emitted| {
         if failed.is_some() {
             return;
         }
@@ -89,28 +91,28 @@ fn print(out: &mut impl Write, emitted: &Emitted, audit: bool) -> anyhow::Result
     Ok(())
 }
 
-/// Runs the engine over the input, handing what it emits to `sink` at every commit.
-fn run_file(
+/// Runs the engine over `input` with its state in `dir`, handing what it emits to `sink` at
+/// every commit; at the end the clock moves to `until_ms` if given.
+pub fn run_file(
     settings: &Settings,
-    args: &ReplayArgs,
-    state_dir: Option<&Path>,
+    input: &Path,
+    until_ms: Option<i64>,
+    dir: &Path,
     sink: &mut dyn FnMut(&Emitted),
 ) -> anyhow::Result<()> {
-    let temp = tempfile::tempdir().context("creating a temporary state directory")?;
-    let dir = state_dir.unwrap_or(temp.path());
     let store = wiring::open_store(settings, dir)?;
     let mut engine = wiring::engine(
         settings,
-        &args.input.display().to_string(),
+        &input.display().to_string(),
         store,
         Metrics::new()?,
     )?;
-    let input =
-        File::open(&args.input).with_context(|| format!("opening {}", args.input.display()))?;
+    let path = input;
+    let input = File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut emitted = Emitted::default();
     // Line numbers are offsets; a kept state directory resumes after the lines it has seen.
     for (offset, line) in BufReader::new(input).lines().enumerate() {
-        let line = line.with_context(|| format!("reading {}", args.input.display()))?;
+        let line = line.with_context(|| format!("reading {}", path.display()))?;
         if line.trim().is_empty() {
             continue;
         }
@@ -133,7 +135,7 @@ fn run_file(
             engine.commit(&[])?;
         }
     }
-    if let Some(until) = args.until_ms {
+    if let Some(until) = until_ms {
         engine.advance_clock(PARTITION, until, &mut emitted)?;
     }
     sink(&emitted);
@@ -147,19 +149,26 @@ type Outcomes = BTreeMap<(String, String), String>;
 
 fn outcomes(settings: &Settings, args: &ReplayArgs) -> anyhow::Result<Outcomes> {
     let mut found = Outcomes::new();
-    run_file(settings, args, None, &mut |emitted| {
-        for t in &emitted.triggers {
-            found.insert((t.rule_id.clone(), t.trigger_id.clone()), "sent".into());
-        }
-        for a in &emitted.audit {
-            // A deferral is followed by its final outcome; keep the last word.
-            let key = (a.trigger.rule_id.clone(), a.trigger.trigger_id.clone());
-            let final_word = found.get(&key).is_some_and(|w| w == "sent");
-            if !final_word {
-                found.insert(key, a.reason.clone());
+    let temp = tempfile::tempdir().context("creating a temporary state directory")?;
+    run_file(
+        settings,
+        &args.input,
+        args.until_ms,
+        temp.path(),
+        &mut |emitted| {
+            for t in &emitted.triggers {
+                found.insert((t.rule_id.clone(), t.trigger_id.clone()), "sent".into());
             }
-        }
-    })?;
+            for a in &emitted.audit {
+                // A deferral is followed by its final outcome; keep the last word.
+                let key = (a.trigger.rule_id.clone(), a.trigger.trigger_id.clone());
+                let final_word = found.get(&key).is_some_and(|w| w == "sent");
+                if !final_word {
+                    found.insert(key, a.reason.clone());
+                }
+            }
+        },
+    )?;
     Ok(found)
 }
 

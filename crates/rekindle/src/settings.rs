@@ -8,7 +8,8 @@ use std::time::Duration;
 use anyhow::{anyhow, Context};
 use config::{Config, Environment, File, FileFormat};
 use rekindle_rules::{
-    LifecycleConfig, PolicyConfig, RuleBook, RuleBookConfig, RuleConfig, WindowConfig, Windows,
+    Growth, GrowthConfig, LifecycleConfig, PolicyConfig, RuleBook, RuleBookConfig, RuleConfig,
+    WindowConfig, Windows,
 };
 use serde::Deserialize;
 
@@ -28,6 +29,8 @@ pub struct Settings {
     pub rules: BTreeMap<String, RuleConfig>,
     pub lifecycle: LifecycleConfig,
     pub policy: PolicyConfig,
+    /// Growth figures: active users and retention cohorts.
+    pub analytics: GrowthConfig,
     pub log: LogConfig,
     pub http: HttpConfig,
 }
@@ -226,6 +229,7 @@ impl Settings {
             }
         }
         self.rule_book()?;
+        self.growth()?;
         Ok(())
     }
 
@@ -262,6 +266,11 @@ impl Settings {
             lifecycle: self.lifecycle.clone(),
             policy: self.policy.clone(),
         }
+    }
+
+    /// The growth-figure arithmetic; `None` when analytics are off.
+    pub fn growth(&self) -> anyhow::Result<Option<Growth>> {
+        Growth::new(&self.analytics).map_err(|e| anyhow!("invalid configuration: {e}"))
     }
 
     pub fn rule_book(&self) -> anyhow::Result<RuleBook> {

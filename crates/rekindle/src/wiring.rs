@@ -77,6 +77,7 @@ pub fn engine(
         rules: settings.rule_book()?,
         decoder,
         max_future_skew_ms: settings.max_future_skew_ms(),
+        growth: settings.growth()?,
     };
     Ok(Engine::new(store, config, metrics))
 }

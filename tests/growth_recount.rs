@@ -1,0 +1,355 @@
+//! Growth figures against an independent recount.
+//!
+//! 50,000 users over 90 days (habits of varying strength, users joining throughout, some
+//! lapsing, a few events arriving days late) go through a live worker on a real broker and
+//! through `rekindle replay`. The daily, weekly and monthly active users and the retention
+//! cohorts that `rekindle report` prints from each must equal a brute-force recount from the
+//! raw events, done here with calendar dates in the reporting zone (Asia/Kolkata, so that
+//! local days are not UTC days) and nothing of rekindle's day arithmetic.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use jiff::civil::Date;
+use jiff::tz::TimeZone;
+use jiff::{Timestamp, ToSpan};
+use rekindle_events::ActivityEvent;
+use support::broker::{create_topic, produce, Batching, Broker};
+use support::histories::{avro_payloads, write_replay_file};
+use support::worker::{
+    http_get, run_rekindle, try_http_get, write_config_with, Worker, WorkerOptions, DEAD_LETTERS,
+};
+use support::{now_ms, DAY};
+
+const USERS: u64 = 50_000;
+const DAYS: i64 = 90;
+const ZONE: &str = "Asia/Kolkata";
+
+/// Rules stay at their defaults; only the reporting zone changes.
+const ANALYTICS: &str = r#"
+[analytics]
+timezone = "Asia/Kolkata"
+"#;
+
+/// A small deterministic generator (splitmix64), so the history needs no seed plumbing.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// The history, in the order it is produced: time order, except that about one event in
+/// fifty arrives one to three days late.
+fn history(end_ms: i64) -> Vec<ActivityEvent> {
+    let mut rng = Rng(20_261_123);
+    let start = end_ms - DAYS * DAY;
+    let mut timed: Vec<(i64, ActivityEvent)> = Vec::new();
+    for user in 0..USERS {
+        let first_day = rng.below(DAYS as u64 - 5) as i64;
+        let habit = 0.04 + 0.3 * rng.unit();
+        let lapse_from = if rng.unit() < 0.3 {
+            first_day + 2 + rng.below(30) as i64
+        } else {
+            DAYS
+        };
+        for day in first_day..DAYS {
+            let active = day == first_day || (day < lapse_from && rng.unit() < habit);
+            if !active {
+                continue;
+            }
+            let events = if rng.unit() < 0.1 { 2 } else { 1 };
+            for _ in 0..events {
+                let ts = start + day * DAY + rng.below(DAY as u64) as i64;
+                if ts >= end_ms {
+                    continue;
+                }
+                let arrives = if rng.unit() < 0.02 {
+                    ts + (1 + rng.below(3) as i64) * DAY
+                } else {
+                    ts
+                };
+                timed.push((
+                    arrives,
+                    ActivityEvent {
+                        event_id: format!("e-{user}-{ts}"),
+                        user_id: format!("u{user:06}"),
+                        event_type: "app_open".into(),
+                        timestamp_ms: ts,
+                        session_seconds: 0,
+                        amount: 0.0,
+                        timezone: None,
+                        attributes: BTreeMap::new(),
+                    },
+                ));
+            }
+        }
+    }
+    timed.sort_by(|a, b| (a.0, &a.1.event_id).cmp(&(b.0, &b.1.event_id)));
+    timed.into_iter().map(|(_, e)| e).collect()
+}
+
+/// The brute-force recount: every user's set of active local dates.
+struct Recount {
+    by_user: BTreeMap<String, BTreeSet<Date>>,
+}
+
+impl Recount {
+    fn new(events: &[ActivityEvent]) -> Recount {
+        let zone = TimeZone::get(ZONE).expect("zone");
+        let mut by_user: BTreeMap<String, BTreeSet<Date>> = BTreeMap::new();
+        for e in events {
+            let date = Timestamp::from_millisecond(e.timestamp_ms)
+                .expect("timestamp")
+                .to_zoned(zone.clone())
+                .date();
+            by_user.entry(e.user_id.clone()).or_default().insert(date);
+        }
+        Recount { by_user }
+    }
+
+    /// Users active on a date within `days` days ending with `day`.
+    fn active(&self, day: Date, days: i64) -> u64 {
+        let from = day.checked_sub((days - 1).days()).expect("date");
+        self.by_user
+            .values()
+            .filter(|dates| dates.range(from..=day).next().is_some())
+            .count() as u64
+    }
+
+    fn first_day(&self) -> Date {
+        self.by_user
+            .values()
+            .filter_map(|d| d.first())
+            .min()
+            .copied()
+            .expect("events")
+    }
+
+    /// The `report active` lines from the first active day to `last`.
+    fn active_lines(&self, last: Date) -> Vec<serde_json::Value> {
+        let mut lines = Vec::new();
+        let mut day = self.first_day();
+        while day <= last {
+            lines.push(serde_json::json!({
+                "day": day.to_string(),
+                "dau": self.active(day, 1),
+                "wau": self.active(day, 7),
+                "mau": self.active(day, 30),
+            }));
+            day = day.tomorrow().expect("date");
+        }
+        lines
+    }
+
+    /// The `report retention` lines (classic N-day counts) from the first cohort to `last`.
+    fn retention_lines(&self, last: Date) -> Vec<serde_json::Value> {
+        let mut cohorts: BTreeMap<Date, Vec<&BTreeSet<Date>>> = BTreeMap::new();
+        for dates in self.by_user.values() {
+            if let Some(first) = dates.first() {
+                cohorts.entry(*first).or_default().push(dates);
+            }
+        }
+        let mut lines = Vec::new();
+        let mut cohort = self.first_day();
+        while cohort <= last {
+            let members = cohorts.get(&cohort).cloned().unwrap_or_default();
+            let back = |k: i64| {
+                let day = cohort.checked_add(k.days()).expect("date");
+                if day > last {
+                    serde_json::Value::Null
+                } else {
+                    let n = members.iter().filter(|d| d.contains(&day)).count();
+                    serde_json::json!(n)
+                }
+            };
+            lines.push(serde_json::json!({
+                "cohort": cohort.to_string(),
+                "users": members.len(),
+                "d1": back(1),
+                "d7": back(7),
+                "d30": back(30),
+            }));
+            cohort = cohort.tomorrow().expect("date");
+        }
+        lines
+    }
+}
+
+/// `rekindle --config CONFIG report REPORT --format json ARGS...`, parsed.
+fn report(config: &Path, report: &str, args: &[&str]) -> Vec<serde_json::Value> {
+    let config = config.display().to_string();
+    let mut all = vec![
+        "--config",
+        config.as_str(),
+        "report",
+        report,
+        "--format",
+        "json",
+    ];
+    all.extend_from_slice(args);
+    let output = run_rekindle(&all);
+    assert!(
+        output.status.success(),
+        "report {report} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("report prints JSON lines"))
+        .collect()
+}
+
+/// Only the fields the recount knows (the report adds rolling retention).
+fn classic(lines: &[serde_json::Value]) -> Vec<serde_json::Value> {
+    lines
+        .iter()
+        .map(|l| {
+            serde_json::json!({
+                "cohort": l["cohort"], "users": l["users"],
+                "d1": l["d1"], "d7": l["d7"], "d30": l["d30"],
+            })
+        })
+        .collect()
+}
+
+/// The last complete day a report covered, checked against the clock it must have had.
+fn last_reported_day(lines: &[serde_json::Value], started_ms: i64) -> Date {
+    let zone = TimeZone::get(ZONE).expect("zone");
+    let label = lines.last().expect("lines")["day"]
+        .as_str()
+        .expect("day")
+        .to_string();
+    let last: Date = label.parse().expect("YYYY-MM-DD");
+    let yesterday = |ms: i64| {
+        Timestamp::from_millisecond(ms)
+            .expect("now")
+            .to_zoned(zone.clone())
+            .date()
+            .yesterday()
+            .expect("date")
+    };
+    assert!(
+        last >= yesterday(started_ms) && last <= yesterday(now_ms()),
+        "the report ends with the day before the clock's: {last}"
+    );
+    last
+}
+
+fn assert_lines_equal(what: &str, got: &[serde_json::Value], want: &[serde_json::Value]) {
+    assert_eq!(got.len(), want.len(), "{what}: number of lines");
+    for (g, w) in got.iter().zip(want) {
+        assert_eq!(g, w, "{what}");
+    }
+}
+
+/// Sum of a counter over its series, from the worker's /metrics (0 before it listens).
+fn counter_sum(config: &Path, name: &str) -> u64 {
+    let Some((_, body)) = try_http_get(config, "/metrics") else {
+        return 0;
+    };
+    body.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+#[test]
+fn reported_growth_figures_equal_a_recount_live_and_in_replay() {
+    let started = now_ms();
+    let end = started - DAY;
+    let events = history(end);
+    assert!(events.len() > 300_000, "{} events", events.len());
+    let recount = Recount::new(&events);
+    assert_eq!(recount.by_user.len() as u64, USERS);
+
+    // Live: a worker with four partitions on a real broker.
+    let broker = Broker::start();
+    create_topic(&broker.address, "activity", 4);
+    create_topic(&broker.address, "triggers", 2);
+    create_topic(&broker.address, DEAD_LETTERS, 1);
+    produce(
+        &broker.address,
+        "activity",
+        &avro_payloads(&events),
+        Batching::Default,
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    let rules = format!("{}\n{ANALYTICS}", support::worker::LAPSED_ONLY);
+    let config = write_config_with(
+        dir.path(),
+        &broker.address,
+        "activity",
+        "triggers",
+        "rekindle-growth",
+        &WorkerOptions {
+            rules: &rules,
+            ..WorkerOptions::default()
+        },
+    );
+    let worker = Worker::start(&config, &dir.path().join("worker.log"));
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while counter_sum(&config, "rekindle_ingest_events_processed_total") < events.len() as u64 {
+        assert!(
+            Instant::now() < deadline,
+            "the worker did not process the history"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // Clock ticks (wall clock) complete the days before today on every partition.
+    std::thread::sleep(Duration::from_secs(2));
+    let (_, metrics) = http_get(&config, "/metrics");
+    assert!(
+        metrics.contains("rekindle_growth_active_users{partition=\"0\",window=\"30d\"}"),
+        "growth gauges are exported"
+    );
+    let status = worker.stop();
+    assert!(status.success(), "worker exited with {status}");
+    let state = dir.path().join("state").display().to_string();
+    let live_active = report(&config, "active", &["--state-dir", &state]);
+    let last = last_reported_day(&live_active, started);
+    assert_lines_equal("live active", &live_active, &recount.active_lines(last));
+    let live_retention = report(&config, "retention", &["--state-dir", &state]);
+    assert_lines_equal(
+        "live retention",
+        &classic(&live_retention),
+        &recount.retention_lines(last),
+    );
+
+    // Replay: the same events from a file, the clock moved to now at the end.
+    let input = dir.path().join("history.jsonl");
+    write_replay_file(&input, &events);
+    let input = input.display().to_string();
+    let until = now_ms().to_string();
+    let replayed = report(
+        &config,
+        "active",
+        &["--input", &input, "--until-ms", &until],
+    );
+    let last = last_reported_day(&replayed, started);
+    assert_lines_equal("replay active", &replayed, &recount.active_lines(last));
+    let replayed = report(
+        &config,
+        "retention",
+        &["--input", &input, "--until-ms", &until],
+    );
+    assert_lines_equal(
+        "replay retention",
+        &classic(&replayed),
+        &recount.retention_lines(last),
+    );
+}
