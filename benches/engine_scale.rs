@@ -6,8 +6,9 @@
 //! events/s on one core (the engine is single-threaded), peak RSS, and state bytes per user
 //! on disk after a full compaction. docs/performance.md explains the figures.
 //!
-//! Growth analytics (`[analytics]`) are on, as in the worker by default; a point ending in
-//! `:off` runs without them, so their cost is the difference between two rows.
+//! Growth analytics (`[analytics]` and `[segments]`) are on, as in the worker by default; a
+//! point ending in `:off` runs without them, so their cost is the difference between two
+//! rows.
 //!
 //! `REKINDLE_SCALE_PROFILE_CACHE` sets `state.profile_cache_users` (the worker's default
 //! otherwise). `REKINDLE_SCALE_POINTS` overrides the points, e.g. `100000:5000000,1000000:5000000:off`
@@ -30,7 +31,7 @@ use rekindle_state::{Store, StoreOptions};
 use rekindle_telemetry::Metrics;
 
 mod support;
-use support::rule_book;
+use support::rule_book_with;
 
 /// The worker's allocator, so the figures are the worker's.
 #[global_allocator]
@@ -197,7 +198,7 @@ fn run_point(users: u64, events: u64, file: &Path, state: &Path, analytics: bool
     let store = Store::open(state, &options).expect("store");
     let config = EngineConfig {
         topic: "activity".into(),
-        rules: rule_book(),
+        rules: rule_book_with(analytics),
         decoder: EventDecoder::new(Vec::new(), 1 << 20).expect("decoder"),
         max_future_skew_ms: 300_000,
         growth: Growth::new(&GrowthConfig {

@@ -13,7 +13,7 @@ use rekindle_state::{PartitionState, Store, StoreOptions};
 use rekindle_telemetry::Metrics;
 
 mod support;
-use support::rule_book;
+use support::rule_book_with;
 
 const DAY: i64 = 86_400_000;
 /// 2026-01-01T00:00:00Z
@@ -44,7 +44,7 @@ fn decode(c: &mut Criterion) {
 }
 
 fn rules(c: &mut Criterion) {
-    let book = rule_book();
+    let book = rule_book_with(true);
     // A user active most days of the last five weeks: every rule has history to weigh.
     let mut profile = UserProfile::default();
     let mut outcome = Outcome::default();
@@ -98,7 +98,7 @@ fn state(c: &mut Criterion) {
     let store = Store::open(dir.path(), &StoreOptions::default()).expect("store");
     let profile = {
         let mut p = UserProfile::default();
-        let book = rule_book();
+        let book = rule_book_with(true);
         let mut outcome = Outcome::default();
         for day in 0..35 {
             let ts = T0 + day * DAY;
@@ -190,7 +190,7 @@ fn engine(c: &mut Criterion) {
                 let store = Store::open(dir.path(), &StoreOptions::default()).expect("store");
                 let config = EngineConfig {
                     topic: "activity".into(),
-                    rules: rule_book(),
+                    rules: rule_book_with(true),
                     decoder: EventDecoder::new(Vec::new(), 1 << 20).expect("decoder"),
                     max_future_skew_ms: 300_000,
                     growth: rekindle_rules::Growth::new(&rekindle_rules::GrowthConfig::default())

@@ -2,10 +2,12 @@
 //!
 //! 50,000 users over 90 days (habits of varying strength, users joining throughout, some
 //! lapsing, a few events arriving days late) go through a live worker on a real broker and
-//! through `rekindle replay`. The daily, weekly and monthly active users and the retention
-//! cohorts that `rekindle report` prints from each must equal a brute-force recount from the
-//! raw events, done here with calendar dates in the reporting zone (Asia/Kolkata, so that
-//! local days are not UTC days) and nothing of rekindle's day arithmetic.
+//! through `rekindle replay`. The daily, weekly and monthly active users, the retention
+//! cohorts and the users per RFM segment that `rekindle report` prints from each must equal
+//! a brute-force recount from the raw events, done here with calendar dates in the reporting
+//! zone (Asia/Kolkata, so that local days are not UTC days) and nothing of rekindle's day
+//! arithmetic. The worker's own clock ticks are off: one tick per partition at a known time
+//! ends the history, so the live run and the replay judge segments at the same moment.
 
 mod support;
 
@@ -17,7 +19,7 @@ use jiff::civil::Date;
 use jiff::tz::TimeZone;
 use jiff::{Timestamp, ToSpan};
 use rekindle_events::ActivityEvent;
-use support::broker::{create_topic, produce, Batching, Broker};
+use support::broker::{create_topic, produce, produce_ticks, Batching, Broker};
 use support::histories::{avro_payloads, write_replay_file};
 use support::worker::{
     http_get, run_rekindle, try_http_get, write_config_with, Worker, WorkerOptions, DEAD_LETTERS,
@@ -74,6 +76,12 @@ fn history(end_ms: i64) -> Vec<ActivityEvent> {
             }
             let events = if rng.unit() < 0.1 { 2 } else { 1 };
             for _ in 0..events {
+                // Whole amounts, so that sums are exact in any order.
+                let amount = if rng.unit() < 0.05 {
+                    [5.0, 30.0, 150.0, 600.0][rng.below(4) as usize]
+                } else {
+                    0.0
+                };
                 let ts = start + day * DAY + rng.below(DAY as u64) as i64;
                 if ts >= end_ms {
                     continue;
@@ -88,10 +96,10 @@ fn history(end_ms: i64) -> Vec<ActivityEvent> {
                     ActivityEvent {
                         event_id: format!("e-{user}-{ts}"),
                         user_id: format!("u{user:06}"),
-                        event_type: "app_open".into(),
+                        event_type: if amount > 0.0 { "purchase" } else { "app_open" }.into(),
                         timestamp_ms: ts,
                         session_seconds: 0,
-                        amount: 0.0,
+                        amount,
                         timezone: None,
                         attributes: BTreeMap::new(),
                     },
@@ -227,29 +235,6 @@ fn classic(lines: &[serde_json::Value]) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// The last complete day a report covered, checked against the clock it must have had.
-fn last_reported_day(lines: &[serde_json::Value], started_ms: i64) -> Date {
-    let zone = TimeZone::get(ZONE).expect("zone");
-    let label = lines.last().expect("lines")["day"]
-        .as_str()
-        .expect("day")
-        .to_string();
-    let last: Date = label.parse().expect("YYYY-MM-DD");
-    let yesterday = |ms: i64| {
-        Timestamp::from_millisecond(ms)
-            .expect("now")
-            .to_zoned(zone.clone())
-            .date()
-            .yesterday()
-            .expect("date")
-    };
-    assert!(
-        last >= yesterday(started_ms) && last <= yesterday(now_ms()),
-        "the report ends with the day before the clock's: {last}"
-    );
-    last
-}
-
 fn assert_lines_equal(what: &str, got: &[serde_json::Value], want: &[serde_json::Value]) {
     assert_eq!(got.len(), want.len(), "{what}: number of lines");
     for (g, w) in got.iter().zip(want) {
@@ -268,11 +253,110 @@ fn counter_sum(config: &Path, name: &str) -> u64 {
         .sum::<f64>() as u64
 }
 
+/// Lowest and highest score of a range.
+type Scores = (u8, u8);
+
+/// The documented default segment table: name, then R, F and M score ranges.
+const SEGMENT_MAP: [(&str, Scores, Scores, Scores); 8] = [
+    ("champions", (4, 5), (4, 5), (1, 5)),
+    ("loyal", (3, 5), (3, 5), (1, 5)),
+    ("new", (4, 5), (1, 1), (1, 5)),
+    ("potential", (3, 5), (1, 2), (1, 5)),
+    ("cant_lose", (1, 2), (4, 5), (4, 5)),
+    ("at_risk", (1, 2), (3, 5), (1, 5)),
+    ("hibernating", (2, 2), (1, 2), (1, 5)),
+    ("lost", (1, 1), (1, 2), (1, 5)),
+];
+
+/// Users per segment at `at_ms` under the default `[segments]`, from the raw events: R from
+/// whole days since the last event (thresholds 1, 3, 7, 14), F from distinct UTC days with
+/// events among the 30 ending with `at_ms`'s (2, 4, 8, 15), M from their amounts (1, 20,
+/// 100, 500).
+fn segment_lines(events: &[ActivityEvent], at_ms: i64) -> Vec<serde_json::Value> {
+    let mut users: BTreeMap<&str, (i64, BTreeMap<i64, f64>)> = BTreeMap::new();
+    for e in events {
+        let user = users
+            .entry(e.user_id.as_str())
+            .or_insert((i64::MIN, BTreeMap::new()));
+        user.0 = user.0.max(e.timestamp_ms);
+        *user.1.entry(e.timestamp_ms.div_euclid(DAY)).or_default() += e.amount;
+    }
+    let today = at_ms.div_euclid(DAY);
+    let mut counts: BTreeMap<&str, u64> = SEGMENT_MAP.iter().map(|s| (s.0, 0)).collect();
+    for (last, days) in users.values() {
+        let silent = (at_ms - last).div_euclid(DAY);
+        let r = 5 - [1, 3, 7, 14].iter().filter(|t| silent > **t).count() as u8;
+        let recent: Vec<f64> = days.range(today - 29..=today).map(|(_, a)| *a).collect();
+        let f = 1 + [2, 4, 8, 15].iter().filter(|t| recent.len() >= **t).count() as u8;
+        let spent: f64 = recent.iter().sum();
+        let m = 1 + [1.0, 20.0, 100.0, 500.0]
+            .iter()
+            .filter(|t| spent >= **t)
+            .count() as u8;
+        let within = |(lo, hi): (u8, u8), v: u8| lo <= v && v <= hi;
+        let (name, ..) = SEGMENT_MAP
+            .iter()
+            .find(|(_, rr, fr, mr)| within(*rr, r) && within(*fr, f) && within(*mr, m))
+            .expect("the default map covers every score");
+        *counts.get_mut(name).expect("known") += 1;
+    }
+    SEGMENT_MAP
+        .iter()
+        .map(|(name, ..)| serde_json::json!({"segment": name, "users": counts[name]}))
+        .collect()
+}
+
+/// The day before `at_ms`'s day in the reporting zone: the last complete one at that clock.
+fn last_complete_day(at_ms: i64) -> Date {
+    Timestamp::from_millisecond(at_ms)
+        .expect("time")
+        .to_zoned(TimeZone::get(ZONE).expect("zone"))
+        .date()
+        .yesterday()
+        .expect("date")
+}
+
+/// The three reports, from `source` (`--state-dir DIR` or `--input FILE --until-ms T`),
+/// against the recount.
+fn check_reports(
+    what: &str,
+    config: &Path,
+    source: &[&str],
+    recount: &Recount,
+    events: &[ActivityEvent],
+    clock: i64,
+) {
+    let last = last_complete_day(clock);
+    let active = report(config, "active", source);
+    assert_lines_equal(
+        &format!("{what} active"),
+        &active,
+        &recount.active_lines(last),
+    );
+    let retention = report(config, "retention", source);
+    assert_lines_equal(
+        &format!("{what} retention"),
+        &classic(&retention),
+        &recount.retention_lines(last),
+    );
+    let segments = report(config, "segments", source);
+    assert_lines_equal(
+        &format!("{what} segments"),
+        &segments,
+        &segment_lines(events, clock),
+    );
+    let users: u64 = segments
+        .iter()
+        .map(|l| l["users"].as_u64().expect("users"))
+        .sum();
+    assert_eq!(users, USERS, "{what}: every user is in exactly one segment");
+}
+
 #[test]
 fn reported_growth_figures_equal_a_recount_live_and_in_replay() {
-    let started = now_ms();
-    let end = started - DAY;
-    let events = history(end);
+    // The end of the history, and the clock of both runs.
+    let clock = now_ms();
+    let events = history(clock - DAY);
     assert!(events.len() > 300_000, "{} events", events.len());
     let recount = Recount::new(&events);
     assert_eq!(recount.by_user.len() as u64, USERS);
@@ -288,6 +372,7 @@ fn reported_growth_figures_equal_a_recount_live_and_in_replay() {
         &avro_payloads(&events),
         Batching::Default,
     );
+    produce_ticks(&broker.address, "activity", 4, clock);
     let dir = tempfile::tempdir().expect("temp dir");
     let rules = format!("{}\n{ANALYTICS}", support::worker::LAPSED_ONLY);
     let config = write_config_with(
@@ -298,58 +383,51 @@ fn reported_growth_figures_equal_a_recount_live_and_in_replay() {
         "rekindle-growth",
         &WorkerOptions {
             rules: &rules,
+            tick_interval: "0s",
             ..WorkerOptions::default()
         },
     );
     let worker = Worker::start(&config, &dir.path().join("worker.log"));
     let deadline = Instant::now() + Duration::from_secs(600);
-    while counter_sum(&config, "rekindle_ingest_events_processed_total") < events.len() as u64 {
+    while counter_sum(&config, "rekindle_ingest_events_processed_total") < events.len() as u64
+        || counter_sum(&config, "rekindle_clock_ticks_processed_total") < 4
+    {
         assert!(
             Instant::now() < deadline,
             "the worker did not process the history"
         );
         std::thread::sleep(Duration::from_millis(500));
     }
-    // Clock ticks (wall clock) complete the days before today on every partition.
-    std::thread::sleep(Duration::from_secs(2));
     let (_, metrics) = http_get(&config, "/metrics");
-    assert!(
-        metrics.contains("rekindle_growth_active_users{partition=\"0\",window=\"30d\"}"),
-        "growth gauges are exported"
-    );
+    for series in [
+        "rekindle_growth_active_users{partition=\"0\",window=\"30d\"}",
+        "rekindle_growth_segment_users{partition=\"3\",segment=\"champions\"}",
+    ] {
+        assert!(metrics.contains(series), "{series} is exported");
+    }
     let status = worker.stop();
     assert!(status.success(), "worker exited with {status}");
     let state = dir.path().join("state").display().to_string();
-    let live_active = report(&config, "active", &["--state-dir", &state]);
-    let last = last_reported_day(&live_active, started);
-    assert_lines_equal("live active", &live_active, &recount.active_lines(last));
-    let live_retention = report(&config, "retention", &["--state-dir", &state]);
-    assert_lines_equal(
-        "live retention",
-        &classic(&live_retention),
-        &recount.retention_lines(last),
+    check_reports(
+        "live",
+        &config,
+        &["--state-dir", &state],
+        &recount,
+        &events,
+        clock,
     );
 
-    // Replay: the same events from a file, the clock moved to now at the end.
+    // Replay: the same events from a file, the clock moved to the same time at the end.
     let input = dir.path().join("history.jsonl");
     write_replay_file(&input, &events);
     let input = input.display().to_string();
-    let until = now_ms().to_string();
-    let replayed = report(
+    let until = clock.to_string();
+    check_reports(
+        "replay",
         &config,
-        "active",
         &["--input", &input, "--until-ms", &until],
-    );
-    let last = last_reported_day(&replayed, started);
-    assert_lines_equal("replay active", &replayed, &recount.active_lines(last));
-    let replayed = report(
-        &config,
-        "retention",
-        &["--input", &input, "--until-ms", &until],
-    );
-    assert_lines_equal(
-        "replay retention",
-        &classic(&replayed),
-        &recount.retention_lines(last),
+        &recount,
+        &events,
+        clock,
     );
 }

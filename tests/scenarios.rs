@@ -362,8 +362,12 @@ fn inspect_shows_a_users_state_timers_and_recent_decisions() {
     assert_eq!(report["lifecycle_stage"], "at_risk");
     assert_eq!(report["last_active"], "2024-03-26T10:00:00Z");
     assert_eq!(report["pipeline_clock"], "2024-04-03T00:00:00Z");
-    // The next wake-up is the stage change to dormant, 30 days after the last activity.
-    assert_eq!(report["timer"], "2024-04-25T10:00:00Z");
+    // Active on 03-11, 03-25 and 03-26 of the 30 days ending 04-03, nothing spent: R 3 (7 days
+    // silent), F 2, M 1: potential. The next wake-up is when eight whole days have passed
+    // (R 2: hibernating), before the stage change to dormant on 04-25.
+    assert_eq!(report["segment"]["segment"], "potential");
+    assert_eq!(report["segment"]["r"], 3);
+    assert_eq!(report["timer"], "2024-04-03T10:00:00Z");
     assert_eq!(report["rules"][0]["last_sent"], "2024-04-03T00:00:00Z");
     let missing = inspect("nobody");
     assert!(!missing.status.success());

@@ -2,9 +2,9 @@
 
 use std::collections::BTreeMap;
 
-use rekindle_rules::{RuleBook, RuleBookConfig, RuleConfig, WindowConfig, Windows};
+use rekindle_rules::{RuleBook, RuleBookConfig, RuleConfig, SegmentConfig, WindowConfig, Windows};
 
-/// The built-in rules, exactly as the binary's defaults configure them.
+/// The built-in rules and segments, exactly as the binary's defaults configure them.
 pub fn default_rules() -> RuleBookConfig {
     let defaults: toml::Table =
         toml::from_str(include_str!("../../crates/rekindle/src/defaults.toml")).expect("defaults");
@@ -14,14 +14,24 @@ pub fn default_rules() -> RuleBookConfig {
         .expect("[rules] in defaults")
         .try_into()
         .expect("rule tables");
+    let segments: SegmentConfig = defaults
+        .get("segments")
+        .cloned()
+        .expect("[segments] in defaults")
+        .try_into()
+        .expect("segment table");
     RuleBookConfig {
         rules,
+        segments,
         ..RuleBookConfig::default()
     }
 }
 
-/// The default rules over one-day buckets, 35 retained.
-pub fn rule_book() -> RuleBook {
+/// The default rules over one-day buckets, 35 retained, with RFM segments on or off (the
+/// growth-analytics switch of the scale benchmark).
+pub fn rule_book_with(segments: bool) -> RuleBook {
     let windows = Windows::new(&WindowConfig::default()).expect("windows");
-    RuleBook::new(windows, &default_rules()).expect("rule book")
+    let mut config = default_rules();
+    config.segments.enabled = segments;
+    RuleBook::new(windows, &config).expect("rule book")
 }

@@ -314,3 +314,34 @@ pub fn produce_log(brokers: &str, topic: &str, records: &[LogRecord], batching: 
         .flush(Duration::from_secs(180))
         .expect("all records acknowledged");
 }
+
+/// Appends a clock-tick record at `time_ms` to each of `partitions` partitions of `topic`
+/// (the wire contract with `rekindle run`: header `rekindle-clock-tick`, 8-byte big-endian
+/// time), and waits until the broker has them.
+pub fn produce_ticks(brokers: &str, topic: &str, partitions: i32, time_ms: i64) {
+    use rdkafka::config::ClientConfig;
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("producer");
+    let payload = time_ms.to_be_bytes();
+    for partition in 0..partitions {
+        let headers = OwnedHeaders::new().insert(Header {
+            key: "rekindle-clock-tick",
+            value: Some(b"1".as_slice()),
+        });
+        let record = BaseRecord::<(), _>::to(topic)
+            .partition(partition)
+            .payload(payload.as_slice())
+            .headers(headers);
+        producer
+            .send(record)
+            .map_err(|(e, _)| e)
+            .expect("tick sent");
+    }
+    producer
+        .flush(Duration::from_secs(60))
+        .expect("ticks acknowledged");
+}

@@ -2,11 +2,12 @@ use std::collections::HashMap;
 
 use rekindle_events::{ActivityEvent, AuditRecord, EventDecoder, EventError, EventKind};
 use rekindle_rules::{
-    Activity, Growth, GrowthFigures, LifecycleStage, Outcome, RuleBook, Verdict, RETENTION_DAYS,
+    Activity, Growth, GrowthFigures, LifecycleStage, Outcome, RuleBook, Segments, Verdict,
+    MAX_SEGMENTS, RETENTION_DAYS,
 };
 use rekindle_state::{ChangelogRecord, PartitionState, Store};
 use rekindle_telemetry::{Metrics, PartitionSeries};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::{Emitted, EngineError, Record, RecordKind};
 
@@ -82,6 +83,10 @@ impl Engine {
         &self.store
     }
 
+    pub fn rules(&self) -> &RuleBook {
+        &self.config.rules
+    }
+
     /// Opens a partition's state and returns the offset to resume from, if state has one.
     pub fn open_partition(&mut self, partition: u32) -> Result<Option<i64>, EngineError> {
         let state = self.partition(partition)?;
@@ -104,7 +109,8 @@ impl Engine {
         self.partitions.remove(&partition);
         self.partition_series.remove(&partition);
         // Another worker reports this partition's users from now on.
-        self.metrics.forget_partition(partition);
+        self.metrics
+            .forget_partition(partition, self.segment_names());
     }
 
     pub fn partitions(&self) -> impl Iterator<Item = u32> + '_ {
@@ -144,9 +150,18 @@ impl Engine {
             .map(PartitionState::clock_ms)
     }
 
+    fn segment_names(&self) -> &[String] {
+        self.config.rules.segments().map_or(&[], |s| s.names())
+    }
+
     fn partition(&mut self, partition: u32) -> Result<&mut PartitionState, EngineError> {
         if !self.partitions.contains_key(&partition) {
-            let state = PartitionState::open(&self.store, partition)?;
+            let mut state = PartitionState::open(&self.store, partition)?;
+            if let Some(segments) = self.config.rules.segments() {
+                if state.meta().segment_hash != segments.config_hash() {
+                    resegment(&mut state, &self.config.rules, segments)?;
+                }
+            }
             if let Some(growth) = &self.config.growth {
                 let stored = state.growth().timezone.as_str();
                 if !stored.is_empty() && stored != growth.timezone() {
@@ -158,7 +173,9 @@ impl Engine {
                 }
             }
             self.partitions.insert(partition, state);
-            let series = self.metrics.partition_series(&self.config.topic, partition);
+            let series =
+                self.metrics
+                    .partition_series(&self.config.topic, partition, self.segment_names());
             self.partition_series.insert(partition, series);
         }
         self.partitions.get_mut(&partition).ok_or_else(|| {
@@ -411,6 +428,9 @@ impl Engine {
                 for (gauge, users) in series.stage_users.iter().zip(state.meta().stage_users) {
                     gauge.set(users);
                 }
+                for (gauge, users) in series.segment_users.iter().zip(state.meta().segment_users) {
+                    gauge.set(users);
+                }
             }
         }
         self.metrics.batches_committed.inc();
@@ -433,6 +453,9 @@ fn report(
             .stage_transitions
             .with_label_values(&[stage_label(change.from), stage_label(change.to)])
             .inc();
+    }
+    if let Some(change) = outcome.segment_change {
+        state.count_segment_change(change.from.map(usize::from), change.to.map(usize::from));
     }
     if let Some(back) = &outcome.reactivated {
         metrics
@@ -476,6 +499,55 @@ fn report(
             }
         }
     }
+}
+
+/// Profiles rewritten per flush while recomputing segments.
+const RESEGMENT_CHUNK: usize = 10_000;
+
+/// Recomputes every stored user's segment and timer under the configured segments, and the
+/// partition's counts from them: at open, when the stored segments were computed under
+/// another configuration (or are unknown, after a restore). Written in chunks straight to
+/// the store, not to the changelog: a restore elsewhere marks its segments unknown and
+/// recomputes them the same way.
+fn resegment(
+    state: &mut PartitionState,
+    rules: &RuleBook,
+    segments: &Segments,
+) -> Result<(), EngineError> {
+    let clock = state.clock_ms();
+    let mut counts = [0i64; MAX_SEGMENTS];
+    let mut after: Option<String> = None;
+    let mut users = 0usize;
+    loop {
+        let chunk = state.stored_users(after.as_deref(), RESEGMENT_CHUNK)?;
+        let Some(last) = chunk.last().cloned() else {
+            break;
+        };
+        for user in &chunk {
+            let profile = state.profile_mut(user)?;
+            let segment = segments.segment_at(profile, clock);
+            profile.segment = segment;
+            let before = profile.wake_at_ms;
+            let wake = rules.next_wake(profile, clock);
+            profile.wake_at_ms = wake;
+            state.move_timer(user, before, wake);
+            if let Some(slot) = segment.and_then(|s| counts.get_mut(usize::from(s))) {
+                *slot += 1;
+            }
+        }
+        users += chunk.len();
+        state.flush(None)?;
+        after = Some(last);
+    }
+    state.set_segment_counts(counts, segments.config_hash());
+    state.flush(None)?;
+    if users > 0 {
+        info!(
+            partition = state.partition(),
+            users, "segments recomputed under the configured [segments]"
+        );
+    }
+    Ok(())
 }
 
 /// Sets a partition's growth gauges from its figures at the clock.

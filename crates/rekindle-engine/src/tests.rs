@@ -549,3 +549,137 @@ fn growth_gauges_follow_the_figures_at_each_commit() {
         "day 1 or later: all; day 7 or later: c"
     );
 }
+
+/// Users per segment from the stored profiles, each judged at the clock: what the counts
+/// must be if every segment change woke its user in time.
+fn recounted_segments(engine: &Engine, segments: &rekindle_rules::Segments) -> Vec<i64> {
+    let clock = engine.clock_ms(0).expect("open partition");
+    let mut counts = vec![0i64; segments.names().len()];
+    for (_, profile) in engine.store().profiles(0).expect("profiles") {
+        let segment = segments
+            .segment_at(&profile, clock)
+            .expect("active users have one");
+        assert_eq!(profile.segment, Some(segment), "stored segment is current");
+        counts[usize::from(segment)] += 1;
+    }
+    counts
+}
+
+fn stored_segment_counts(engine: &Engine, n: usize) -> Vec<i64> {
+    let meta = engine.store().meta(0).expect("meta").expect("stored");
+    meta.segment_users[..n].to_vec()
+}
+
+fn engine_with_segments(
+    dir: &std::path::Path,
+    segments: rekindle_rules::SegmentConfig,
+    metrics: Metrics,
+) -> Engine {
+    let store = Store::open(dir, &StoreOptions::default()).expect("store");
+    let windows = Windows::new(&WindowConfig::default()).expect("windows");
+    let rules = RuleBookConfig {
+        segments,
+        ..lapsed_only()
+    };
+    let config = EngineConfig {
+        topic: "activity".into(),
+        rules: RuleBook::new(windows, &rules).expect("rule book"),
+        decoder: EventDecoder::new(Vec::new(), 1 << 20).expect("decoder"),
+        max_future_skew_ms: 60_000,
+        growth: None,
+    };
+    Engine::new(store, config, metrics)
+}
+
+#[test]
+fn segment_counts_stay_exact_as_time_passes_and_after_a_configuration_change() {
+    let dir = tempfile::tempdir().expect("dir");
+    let metrics = Metrics::new().expect("metrics");
+    let mut e = engine_with_segments(
+        dir.path(),
+        rekindle_rules::SegmentConfig::default(),
+        metrics.clone(),
+    );
+    let segments = e.rules().segments().expect("on").clone();
+    let names = segments.names().len();
+    // 300 users over 60 days with habits of different strength and the odd purchase, and a
+    // tick every six hours so that recency and the lookback move users between segments.
+    let mut seed = 7u64;
+    let mut next = move |n: u64| {
+        seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        (seed >> 33) % n
+    };
+    let mut f = Feed::new(&mut e);
+    for hour in (0..60 * 24).step_by(6) {
+        let at = T0 + hour * 3_600_000;
+        for user in 0..300u64 {
+            // User u is active in a given six hours with probability about u/1200.
+            if next(1200) < user {
+                let mut ev = event(&format!("u{user:03}"), at + next(3_600_000) as i64);
+                if next(20) == 0 {
+                    ev.amount = [5.0, 50.0, 700.0][next(3) as usize];
+                }
+                let kind = RecordKind::Event {
+                    event: Box::new(ev),
+                    ingest_ms: None,
+                };
+                f.record(kind);
+            }
+        }
+        f.tick(at + 6 * 3_600_000 - 1);
+        if hour % 72 == 66 {
+            f.engine.commit(&[]).expect("commit");
+            let stored = stored_segment_counts(f.engine, names);
+            assert_eq!(
+                stored,
+                recounted_segments(f.engine, &segments),
+                "hour {hour}"
+            );
+        }
+    }
+    f.engine.commit(&[]).expect("commit");
+    let stored = stored_segment_counts(&e, names);
+    assert!(stored.iter().filter(|n| **n > 0).count() >= 4, "{stored:?}");
+    let text = metrics.render();
+    let champions = format!(
+        "rekindle_growth_segment_users{{partition=\"0\",segment=\"champions\"}} {}",
+        stored[0]
+    );
+    assert!(text.contains(&champions), "{champions}\n{text}");
+    drop(e);
+
+    // Another map: at open, every stored segment and the counts are recomputed.
+    let changed = rekindle_rules::SegmentConfig {
+        map: vec![
+            rekindle_rules::SegmentRuleConfig {
+                name: "recent".into(),
+                r: "4-5".into(),
+                f: "1-5".into(),
+                m: "1-5".into(),
+            },
+            rekindle_rules::SegmentRuleConfig {
+                name: "quiet".into(),
+                r: "1-3".into(),
+                f: "1-5".into(),
+                m: "1-5".into(),
+            },
+        ],
+        ..rekindle_rules::SegmentConfig::default()
+    };
+    let mut e = engine_with_segments(dir.path(), changed, Metrics::new().expect("metrics"));
+    let segments = e.rules().segments().expect("on").clone();
+    e.open_partition(0).expect("open");
+    let stored = stored_segment_counts(&e, 2);
+    assert_eq!(stored, recounted_segments(&e, &segments));
+    let users = e.store().profiles(0).expect("profiles").len() as i64;
+    assert!(users > 250, "{users} users");
+    assert_eq!(stored.iter().sum::<i64>(), users);
+    assert_eq!(
+        e.store()
+            .meta(0)
+            .expect("meta")
+            .expect("stored")
+            .segment_hash,
+        segments.config_hash()
+    );
+}

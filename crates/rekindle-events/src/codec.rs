@@ -339,6 +339,7 @@ mod tests {
             features: BTreeMap::from([("active_days".to_string(), 4.0)]),
             schema_version: crate::TRIGGER_SCHEMA_VERSION,
             rule_config_hash: "00ff".into(),
+            segment: "loyal".into(),
         };
         let framed = TriggerEncoder::new(Some(9))
             .expect("encoder")
@@ -369,6 +370,7 @@ mod tests {
             features: BTreeMap::from([("inactive_days".to_string(), 30.0)]),
             schema_version: crate::TRIGGER_SCHEMA_VERSION,
             rule_config_hash: "abc".into(),
+            segment: String::new(),
         };
         let encoder = AuditEncoder::new(None).expect("encoder");
         let decoder = AuditDecoder::new().expect("decoder");
@@ -383,6 +385,145 @@ mod tests {
             let bytes = encoder.encode(&record).expect("encodes");
             assert_eq!(decoder.decode(&bytes).expect("decodes"), record);
         }
+    }
+
+    /// The fields a record has, by name (a record value's own, not its nested records').
+    fn field_names(value: &apache_avro::types::Value) -> Vec<String> {
+        match value {
+            apache_avro::types::Value::Record(fields) => {
+                fields.iter().map(|(name, _)| name.clone()).collect()
+            }
+            other => panic!("not a record: {other:?}"),
+        }
+    }
+
+    /// `value` without the fields `schema` does not know: what a writer of that (older)
+    /// schema generation would have written.
+    fn as_written_by(
+        value: apache_avro::types::Value,
+        schema: &Schema,
+    ) -> apache_avro::types::Value {
+        use apache_avro::types::Value;
+        let Schema::Record(record) = schema else {
+            panic!("not a record schema");
+        };
+        let Value::Record(fields) = value else {
+            panic!("not a record value");
+        };
+        let kept = fields
+            .into_iter()
+            .filter_map(|(name, v)| {
+                let field = record.fields.iter().find(|f| f.name == name)?;
+                let v = match (&field.schema, v) {
+                    (nested @ Schema::Record(_), v) => as_written_by(v, nested),
+                    (_, v) => v,
+                };
+                Some((name, v))
+            })
+            .collect();
+        Value::Record(kept)
+    }
+
+    /// Reads `datum`, written with `writer`, as `reader` sees it (Avro schema resolution).
+    fn resolve(datum: &[u8], writer: &Schema, reader: &Schema) -> apache_avro::types::Value {
+        GenericDatumReader::builder(writer)
+            .reader_schema(reader)
+            .build()
+            .expect("resolving reader")
+            .read_value(&mut Cursor::new(datum))
+            .expect("resolves")
+    }
+
+    /// Every published generation in schemas/history and the current schema read each
+    /// other's records: new fields are skipped by old readers and take their defaults in
+    /// new readers, so a delivery service that has not upgraded keeps working.
+    #[test]
+    fn schema_generations_read_each_other() {
+        let trigger = ReactivationTrigger {
+            trigger_id: "t".into(),
+            user_id: "u".into(),
+            rule_id: "dormant_30d".into(),
+            fired_at_ms: 3,
+            due_at_ms: 2,
+            last_active_ms: 1,
+            lifecycle_stage: "dormant".into(),
+            features: BTreeMap::from([("inactive_days".to_string(), 30.0)]),
+            schema_version: crate::TRIGGER_SCHEMA_VERSION,
+            rule_config_hash: "abc".into(),
+            segment: "loyal".into(),
+        };
+        let audit = AuditRecord {
+            trigger: trigger.clone(),
+            decision: "suppressed".into(),
+            reason: "holdout".into(),
+            release_at_ms: None,
+            group: "holdout".into(),
+        };
+        let current_trigger = Schema::parse_str(TRIGGER_SCHEMA_JSON).expect("schema");
+        let current_audit = Schema::parse_str(AUDIT_SCHEMA_JSON).expect("schema");
+        let old_trigger = Schema::parse_str(include_str!(
+            "../../../schemas/history/reactivation_trigger.v2.avsc"
+        ))
+        .expect("schema");
+        let old_audit = Schema::parse_str(include_str!(
+            "../../../schemas/history/audit_record.v2.avsc"
+        ))
+        .expect("schema");
+
+        // New records, old readers: everything they know, nothing they do not.
+        let new_trigger = TriggerEncoder::new(None)
+            .expect("encoder")
+            .encode(&trigger)
+            .expect("encodes");
+        let seen = resolve(&new_trigger, &current_trigger, &old_trigger);
+        assert!(!field_names(&seen).contains(&"segment".to_string()));
+        let back: ReactivationTrigger = apache_avro::from_value(&seen).expect("old shape");
+        assert_eq!(
+            back,
+            ReactivationTrigger {
+                segment: String::new(),
+                ..trigger.clone()
+            }
+        );
+        let new_audit = AuditEncoder::new(None)
+            .expect("encoder")
+            .encode(&audit)
+            .expect("encodes");
+        let seen: AuditRecord =
+            apache_avro::from_value(&resolve(&new_audit, &current_audit, &old_audit))
+                .expect("old shape");
+        assert_eq!(seen.trigger.rule_config_hash, "abc");
+        assert_eq!(seen.trigger.segment, "", "the old reader has no segment");
+        assert_eq!(seen.reason, "holdout");
+
+        // Old records, new readers: the new fields at their defaults.
+        let written = |value: apache_avro::types::Value, schema: &Schema| {
+            GenericDatumWriter::builder(schema)
+                .build()
+                .expect("writer")
+                .write_value_to_vec(as_written_by(value, schema))
+                .expect("an old writer can write it")
+        };
+        let old = written(
+            apache_avro::to_value(&trigger).expect("value"),
+            &old_trigger,
+        );
+        let back: ReactivationTrigger =
+            apache_avro::from_value(&resolve(&old, &old_trigger, &current_trigger))
+                .expect("new shape");
+        assert_eq!(
+            back,
+            ReactivationTrigger {
+                segment: String::new(),
+                ..trigger.clone()
+            }
+        );
+        let old = written(apache_avro::to_value(&audit).expect("value"), &old_audit);
+        let back: AuditRecord =
+            apache_avro::from_value(&resolve(&old, &old_audit, &current_audit)).expect("new shape");
+        assert_eq!(back.trigger.segment, "");
+        assert_eq!(back.trigger.rule_config_hash, "abc");
+        assert_eq!(back.group, "holdout");
     }
 
     proptest! {

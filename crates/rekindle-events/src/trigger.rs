@@ -3,7 +3,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 /// Written into every trigger so consumers can tell which schema generation produced it.
-pub const TRIGGER_SCHEMA_VERSION: i32 = 2;
+pub const TRIGGER_SCHEMA_VERSION: i32 = 3;
 
 /// A decision that a user lapsed, as described by `schemas/reactivation_trigger.avsc`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -21,6 +21,9 @@ pub struct ReactivationTrigger {
     /// Hash of the configuration of the rule that fired: which version of a rule decided.
     #[serde(default)]
     pub rule_config_hash: String,
+    /// The user's RFM segment when the rule fired; empty when segments are off.
+    #[serde(default)]
+    pub segment: String,
 }
 
 /// A decision that did not (or not yet) send a trigger, as described by

@@ -8,7 +8,7 @@ use crate::policy::{time_zone, Holdout, QuietHours};
 use crate::rule::{Candidate, Rule};
 use crate::{
     trigger_id, Attribution, Decision, Deferred, Group, Lifecycle, Outcome, Reason, RuleBookConfig,
-    RuleMode, RulesError, UserProfile, Verdict, Windows,
+    RuleMode, RulesError, Segments, UserProfile, Verdict, Windows,
 };
 
 /// One activity as the rules see it.
@@ -31,6 +31,8 @@ pub struct RuleBook {
     quiet: Option<QuietHours>,
     holdout: Holdout,
     attribution_ms: i64,
+    /// RFM segments; `None` when off.
+    segments: Option<Segments>,
 }
 
 fn millis(d: std::time::Duration) -> i64 {
@@ -45,6 +47,29 @@ impl RuleBook {
             .map(|(id, rule)| Rule::new(id, rule, windows))
             .collect::<Result<Vec<_>, _>>()?;
         rules.retain(|r| r.mode() != RuleMode::Off);
+        let segments = Segments::new(&config.segments, windows)?;
+        for rule in &mut rules {
+            let Some(names) = config.rules.get(rule.id()).map(|c| &c.segments) else {
+                continue;
+            };
+            if names.is_empty() {
+                continue;
+            }
+            let key = format!("rules.{}.segments", rule.id());
+            let Some(segments) = &segments else {
+                return Err(invalid(key, "needs [segments] enabled"));
+            };
+            let mut allowed = Vec::new();
+            for name in names {
+                let index = segments.index_of(name).ok_or_else(|| {
+                    invalid(&key, format!("{name:?} is not a segment of [segments] map"))
+                })?;
+                allowed.push(index);
+            }
+            allowed.sort_unstable();
+            allowed.dedup();
+            rule.restrict_to(allowed, segments.config_hash());
+        }
         let zone = &config.policy.quiet_hours.default_timezone;
         let default_tz = time_zone(zone).ok_or_else(|| {
             invalid(
@@ -82,6 +107,7 @@ impl RuleBook {
             quiet: QuietHours::new(&config.policy.quiet_hours)?,
             holdout: Holdout::new(&config.policy.holdout)?,
             attribution_ms,
+            segments,
         })
     }
 
@@ -96,6 +122,37 @@ impl RuleBook {
 
     pub fn lifecycle(&self) -> &Lifecycle {
         &self.lifecycle
+    }
+
+    pub fn segments(&self) -> Option<&Segments> {
+        self.segments.as_ref()
+    }
+
+    /// A rule's candidate, unless the rule is restricted to segments the user was not in at
+    /// its last activity.
+    fn candidate(&self, rule: &Rule, profile: &UserProfile, now_ms: i64) -> Option<Candidate> {
+        if !rule.segments().is_empty() {
+            let at_last_activity = self
+                .segments
+                .as_ref()
+                .and_then(|s| s.segment_at(profile, profile.last_active_ms))?;
+            if !rule.segments().contains(&at_last_activity) {
+                return None;
+            }
+        }
+        rule.candidate(profile, now_ms)
+    }
+
+    /// Moves the user's segment to the one at `now_ms`, reporting the change.
+    fn settle_segment(&self, profile: &mut UserProfile, now_ms: i64, out: &mut Outcome) {
+        let Some(segments) = &self.segments else {
+            return;
+        };
+        let now = segments.segment_at(profile, now_ms);
+        if now != profile.segment {
+            out.segment(profile.segment, now);
+            profile.segment = now;
+        }
     }
 
     pub fn holdout_group(&self, user_id: &str) -> Group {
@@ -169,6 +226,9 @@ impl RuleBook {
             from: Some(m.stage),
             to: None,
         }));
+        if profile.segment.is_some() {
+            out.segment(profile.segment, None);
+        }
     }
 
     /// Cancels a deferred trigger, if any; the record carries the clock of the cancellation.
@@ -204,19 +264,24 @@ impl RuleBook {
         let rules = self
             .rules
             .iter()
-            .filter_map(|r| r.candidate(profile, now_ms).map(|c| c.due_ms))
+            .filter_map(|r| self.candidate(r, profile, now_ms).map(|c| c.due_ms))
             .min();
         self.wake(profile, now_ms, rules)
     }
 
-    /// The earliest of the rules' earliest deadline, the next stage change and a deferred
-    /// release, never at or before `now_ms`.
+    /// The earliest of the rules' earliest deadline, the next stage change, the next
+    /// segment change and a deferred release, never at or before `now_ms`.
     fn wake(&self, profile: &UserProfile, now_ms: i64, rules: Option<i64>) -> Option<i64> {
         let stage = self.lifecycle.next_change(profile, now_ms);
+        let segment = self
+            .segments
+            .as_ref()
+            .and_then(|s| s.next_change(profile, now_ms));
         let release = profile.deferred.as_ref().map(|d| d.release_ms);
         rules
             .into_iter()
             .chain(stage)
+            .chain(segment)
             .chain(release)
             .map(|t| t.max(now_ms.saturating_add(1)))
             .min()
@@ -226,7 +291,10 @@ impl RuleBook {
     pub fn pending(&self, profile: &UserProfile, now_ms: i64) -> Vec<(&str, i64)> {
         self.rules
             .iter()
-            .filter_map(|r| r.candidate(profile, now_ms).map(|c| (r.id(), c.due_ms)))
+            .filter_map(|r| {
+                self.candidate(r, profile, now_ms)
+                    .map(|c| (r.id(), c.due_ms))
+            })
             .collect()
     }
 
@@ -242,6 +310,7 @@ impl RuleBook {
         out: &mut Outcome,
     ) -> Option<i64> {
         out.stage(self.lifecycle.settle(profile, now_ms));
+        self.settle_segment(profile, now_ms, out);
         if profile
             .deferred
             .as_ref()
@@ -260,7 +329,7 @@ impl RuleBook {
         let mut slot_taken = profile.deferred.is_some();
         let mut rules_wake: Option<i64> = None;
         for rule in &self.rules {
-            let due_later = match rule.candidate(profile, now_ms) {
+            let due_later = match self.candidate(rule, profile, now_ms) {
                 None => None,
                 Some(candidate) if candidate.due_ms > now_ms => Some(candidate.due_ms),
                 Some(candidate) => {
@@ -273,7 +342,7 @@ impl RuleBook {
                         &mut slot_taken,
                         out,
                     );
-                    rule.candidate(profile, now_ms).map(|c| c.due_ms)
+                    self.candidate(rule, profile, now_ms).map(|c| c.due_ms)
                 }
             };
             rules_wake = rules_wake.into_iter().chain(due_later).min();
@@ -414,6 +483,11 @@ impl RuleBook {
             features: rule.features(profile, candidate, now_ms),
             schema_version: TRIGGER_SCHEMA_VERSION,
             rule_config_hash: rule.config_hash().to_string(),
+            segment: profile
+                .segment
+                .and_then(|s| self.segments.as_ref()?.name(s))
+                .unwrap_or_default()
+                .to_string(),
         }
     }
 }

@@ -86,6 +86,11 @@ pub struct RuleConfig {
     /// How long after the end of the first active day the user has to come back.
     #[serde(default, with = "humantime_serde")]
     pub return_within: Option<Duration>,
+
+    /// Only users whose RFM segment at their last activity (before the silence or drop)
+    /// is one of these `[segments]` names; empty: every user.
+    #[serde(default)]
+    pub segments: Vec<String>,
 }
 
 /// `[lifecycle]`: the thresholds of the lifecycle stages.
@@ -225,6 +230,7 @@ pub struct RuleBookConfig {
     pub rules: BTreeMap<String, RuleConfig>,
     pub lifecycle: LifecycleConfig,
     pub policy: PolicyConfig,
+    pub segments: crate::SegmentConfig,
 }
 
 impl RuleConfig {

@@ -111,6 +111,15 @@ pub struct Outcome {
     pub reactivated: Option<Attribution>,
     /// A trigger went out or was held out: the user entered attribution for this group.
     pub attributable: Vec<(String, Group)>,
+    /// The RFM segment before and after this evaluation, when it changed.
+    pub segment_change: Option<SegmentChange>,
+}
+
+/// A user's segment moved (`None`: no segment, before the first activity or deleted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SegmentChange {
+    pub from: Option<u8>,
+    pub to: Option<u8>,
 }
 
 impl Outcome {
@@ -119,6 +128,13 @@ impl Outcome {
         self.stage_change = None;
         self.reactivated = None;
         self.attributable.clear();
+        self.segment_change = None;
+    }
+
+    pub(crate) fn segment(&mut self, from: Option<u8>, to: Option<u8>) {
+        // Several changes in one evaluation report as one, from the first to the last.
+        let from = self.segment_change.map_or(from, |earlier| earlier.from);
+        self.segment_change = (from != to).then_some(SegmentChange { from, to });
     }
 
     pub(crate) fn stage(&mut self, change: Option<StageChange>) {

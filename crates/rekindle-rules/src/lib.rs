@@ -21,6 +21,7 @@ mod new_user;
 mod policy;
 mod profile;
 mod rule;
+mod segment;
 mod silence;
 mod stage;
 mod trigger_id;
@@ -34,7 +35,7 @@ pub use config::{
     AttributionConfig, FrequencyCapConfig, HoldoutConfig, LifecycleConfig, PolicyConfig,
     QuietHoursConfig, RuleBookConfig, RuleConfig, RuleKind, RuleMode,
 };
-pub use decision::{Decision, Outcome, Reason, Verdict};
+pub use decision::{Decision, Outcome, Reason, SegmentChange, Verdict};
 pub use error::RulesError;
 pub use growth::{
     day_label, ActiveDays, CohortCounts, Counted, DayCounts, Growth, GrowthConfig, GrowthFigures,
@@ -46,6 +47,7 @@ pub use profile::{
     UserProfile, RECENT_DECISIONS,
 };
 pub use rule::Rule;
+pub use segment::{Scores, SegmentConfig, SegmentRuleConfig, Segments, MAX_SEGMENTS};
 pub use stage::{Lifecycle, LifecycleStage, StageChange};
 pub use trigger_id::trigger_id;
 pub use window::{WindowConfig, Windows};

@@ -114,6 +114,9 @@ pub struct UserProfile {
     /// Active days in the reporting zone, for the growth figures; `None` until the first
     /// activity, or when analytics are off.
     pub active_days: Option<ActiveDays>,
+    /// The RFM segment (index into the configured names) at the last evaluation; `None`
+    /// before the first activity or when segments are off.
+    pub segment: Option<u8>,
 }
 
 /// What recording one activity did to the profile.

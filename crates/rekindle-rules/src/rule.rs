@@ -32,6 +32,8 @@ pub struct Rule {
     cooldown_ms: i64,
     config_hash: String,
     logic: Logic,
+    /// Segment indices the rule is restricted to; empty: every user.
+    segments: Vec<u8>,
 }
 
 fn millis(d: Duration) -> i64 {
@@ -218,7 +220,24 @@ impl Rule {
             cooldown_ms,
             config_hash: format!("{:016x}", xxhash_rust::xxh3::xxh3_64(canonical.as_bytes())),
             logic,
+            segments: Vec::new(),
         })
+    }
+
+    /// Restricts the rule to users in these segments (at their last activity). The segment
+    /// configuration then decides what the rule fires, so its hash joins the rule's.
+    pub(crate) fn restrict_to(&mut self, segments: Vec<u8>, segments_hash: u64) {
+        let restricted = format!(
+            "{};segments={segments:?};{segments_hash:016x}",
+            self.config_hash
+        );
+        self.config_hash = format!("{:016x}", xxhash_rust::xxh3::xxh3_64(restricted.as_bytes()));
+        self.segments = segments;
+    }
+
+    /// Segment indices the rule is restricted to; empty: every user.
+    pub fn segments(&self) -> &[u8] {
+        &self.segments
     }
 
     /// The zone for users whose events never named one (day boundaries of

@@ -1,6 +1,6 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 
-use rekindle_rules::{GrowthFigures, UserProfile};
+use rekindle_rules::{GrowthFigures, UserProfile, MAX_SEGMENTS};
 use rocksdb::WriteBatch;
 
 use crate::changelog::{
@@ -212,6 +212,35 @@ impl PartitionState {
             reason: "entry vanished".into(),
         })?;
         Ok((&mut entry.profile, &mut self.growth))
+    }
+
+    /// Applies an RFM segment change to the partition's per-segment user counts.
+    pub fn count_segment_change(&mut self, from: Option<usize>, to: Option<usize>) {
+        self.meta_dirty = true;
+        if let Some(slot) = from.and_then(|i| self.meta.segment_users.get_mut(i)) {
+            *slot = slot.saturating_sub(1);
+        }
+        if let Some(slot) = to.and_then(|i| self.meta.segment_users.get_mut(i)) {
+            *slot = slot.saturating_add(1);
+        }
+    }
+
+    /// Replaces the per-segment counts and the configuration they were counted under (after
+    /// every profile's segment was recomputed).
+    pub fn set_segment_counts(&mut self, users: [i64; MAX_SEGMENTS], hash: u64) {
+        self.meta_dirty = true;
+        self.meta.segment_users = users;
+        self.meta.segment_hash = hash;
+    }
+
+    /// Up to `limit` users of this partition with a stored profile, after `after` (flush
+    /// first: users created in the batch are not stored yet).
+    pub fn stored_users(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, StateError> {
+        self.store.user_ids(self.partition, after, limit)
     }
 
     /// Forgets a user: the profile is removed at flush. The caller removes the user's timer

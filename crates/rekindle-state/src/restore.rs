@@ -1,5 +1,6 @@
 //! Rebuilding a partition's state from its changelog.
 
+use rekindle_rules::MAX_SEGMENTS;
 use rocksdb::WriteBatch;
 
 use crate::changelog::{decode_entry, ChangelogEntry, ChangelogMeta};
@@ -128,7 +129,7 @@ impl Restore<'_> {
                 meta,
             });
         }
-        let (users, stage_users, pending_timers) = self.rebuild_timers()?;
+        let (users, stage_users, segment_users, pending_timers) = self.rebuild_timers()?;
         // A changelog without a meta record (a first batch that crashed before its meta
         // record went out) leaves the position where it was: the profiles' own applied
         // offsets keep their events from being counted twice.
@@ -143,6 +144,9 @@ impl Restore<'_> {
             stage_users,
             pending_timers,
             changelog_next: Some(changelog_next),
+            segment_users,
+            // Unknown: the worker recomputes every segment under its configuration.
+            segment_hash: 0,
         });
         if let Some(meta) = &meta {
             self.put_meta(meta)?;
@@ -168,8 +172,10 @@ impl Restore<'_> {
     }
 
     /// Replaces the partition's timer index with one entry per profile that has a wake-up,
-    /// and counts users per stage. Returns (profiles, stage counts, timers).
-    fn rebuild_timers(&mut self) -> Result<(u64, [i64; 5], i64), StateError> {
+    /// and counts users per stage and per segment. Returns (profiles, stage counts, segment
+    /// counts, timers).
+    #[allow(clippy::type_complexity)]
+    fn rebuild_timers(&mut self) -> Result<(u64, [i64; 5], [i64; MAX_SEGMENTS], i64), StateError> {
         let store = self.store;
         let timers = store.cf(CF_TIMERS)?;
         let from = partition_prefix(self.partition);
@@ -180,6 +186,7 @@ impl Restore<'_> {
 
         let mut users = 0u64;
         let mut stage_users = [0i64; 5];
+        let mut segment_users = [0i64; MAX_SEGMENTS];
         let mut pending = 0i64;
         for entry in store.profile_entries(self.partition)? {
             let (user, profile) = entry?;
@@ -187,6 +194,12 @@ impl Restore<'_> {
             if let Some(slot) = profile
                 .stage
                 .and_then(|s| stage_users.get_mut(s.stage.index()))
+            {
+                *slot += 1;
+            }
+            if let Some(slot) = profile
+                .segment
+                .and_then(|s| segment_users.get_mut(usize::from(s)))
             {
                 *slot += 1;
             }
@@ -201,7 +214,7 @@ impl Restore<'_> {
             }
         }
         self.write()?;
-        Ok((users, stage_users, pending))
+        Ok((users, stage_users, segment_users, pending))
     }
 }
 

@@ -2,7 +2,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use rekindle_rules::{GrowthFigures, UserProfile};
+use rekindle_rules::{GrowthFigures, UserProfile, MAX_SEGMENTS};
 use rocksdb::statistics::Ticker;
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, Direction,
@@ -58,6 +58,12 @@ pub struct PartitionMeta {
     /// The changelog partition's offset after the last record this state reflects: reading
     /// the changelog from here finds only changes this store has not seen.
     pub changelog_next: Option<i64>,
+    /// Users per RFM segment (by index into the configured names), kept exact like
+    /// `stage_users`.
+    pub segment_users: [i64; MAX_SEGMENTS],
+    /// The segment configuration the stored segments were computed under (0: unknown, e.g.
+    /// after a restore); a worker with another configuration recomputes them at open.
+    pub segment_hash: u64,
 }
 
 /// Size figures for metrics.
@@ -254,6 +260,44 @@ impl Store {
     /// Every profile of `partition`, by user id: a full scan, for tools and tests.
     pub fn profiles(&self, partition: u32) -> Result<Vec<(String, UserProfile)>, StateError> {
         self.profile_entries(partition)?.collect()
+    }
+
+    /// Up to `limit` user ids of `partition` with a stored profile, in order, after `after`.
+    pub fn user_ids(
+        &self,
+        partition: u32,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, StateError> {
+        let mut read = ReadOptions::default();
+        read.set_iterate_upper_bound(partition_prefix(partition.saturating_add(1)).to_vec());
+        let from = match after {
+            // The first key after `after`: the same bytes with a zero byte appended.
+            Some(user) => {
+                let mut key = profile_key(partition, user);
+                key.push(0);
+                key
+            }
+            None => partition_prefix(partition).to_vec(),
+        };
+        let iter = self.db.iterator_cf_opt(
+            self.cf(CF_PROFILES)?,
+            read,
+            IteratorMode::From(&from, Direction::Forward),
+        );
+        let mut users = Vec::new();
+        for entry in iter.take(limit) {
+            let (key, _) = entry?;
+            let user = std::str::from_utf8(key.get(4..).unwrap_or_default()).map_err(|e| {
+                StateError::Corrupt {
+                    what: "profile key",
+                    partition,
+                    reason: e.to_string(),
+                }
+            })?;
+            users.push(user.to_string());
+        }
+        Ok(users)
     }
 
     /// Streams every profile of `partition` in user id order, decoded.

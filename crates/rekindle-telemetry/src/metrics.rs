@@ -40,6 +40,7 @@ pub struct Metrics {
     pub growth_cohort_users: IntGaugeVec,
     pub growth_cohort_returned: IntGaugeVec,
     pub growth_uncounted: IntCounterVec,
+    pub growth_segment_users: IntGaugeVec,
     pub audit_acked: IntCounter,
     pub triggers_acked: IntCounter,
     pub trigger_latency: Histogram,
@@ -77,6 +78,8 @@ pub struct PartitionSeries {
     pub cohort_users: [[IntGauge; 2]; 3],
     /// The same cohorts' users active again on that day.
     pub cohort_returned: [[IntGauge; 2]; 3],
+    /// Users per RFM segment, in the configured order.
+    pub segment_users: Vec<IntGauge>,
 }
 
 /// `window` label values of the active-user gauge.
@@ -254,6 +257,11 @@ impl Metrics {
                 "Activities left out of the growth figures, by reason (too_late: over 34 days behind the user's latest day; ahead: dated after the clock's next day).",
                 &["reason"],
             )?,
+            growth_segment_users: b.gauge_vec(
+                "rekindle_growth_segment_users",
+                "Users per RFM segment in each owned partition, at the last commit; sum over partitions.",
+                &["partition", "segment"],
+            )?,
             audit_acked: b.counter(
                 "rekindle_emit_audit_records_acked_total",
                 "Audit records acknowledged by the broker.",
@@ -340,7 +348,13 @@ impl Metrics {
 
     /// One partition's series, resolved once so that the per-record path does no label
     /// lookup.
-    pub fn partition_series(&self, topic: &str, partition: u32) -> PartitionSeries {
+    /// `segments`: the configured segment names (none when segments are off).
+    pub fn partition_series(
+        &self,
+        topic: &str,
+        partition: u32,
+        segments: &[String],
+    ) -> PartitionSeries {
         let label = partition.to_string();
         PartitionSeries {
             received: self
@@ -365,6 +379,13 @@ impl Metrics {
                         .with_label_values(&[label.as_str(), day, span])
                 })
             }),
+            segment_users: segments
+                .iter()
+                .map(|segment| {
+                    self.growth_segment_users
+                        .with_label_values(&[label.as_str(), segment.as_str()])
+                })
+                .collect(),
             cohort_returned: RETENTION_DAYS.map(|day| {
                 COHORT_SPANS.map(|span| {
                     self.growth_cohort_returned
@@ -376,8 +397,13 @@ impl Metrics {
 
     /// Drops a partition's per-partition gauges when it moves to another worker, so that
     /// sums over workers count each partition once.
-    pub fn forget_partition(&self, partition: u32) {
+    pub fn forget_partition(&self, partition: u32, segments: &[String]) {
         let label = partition.to_string();
+        for segment in segments {
+            let _ = self
+                .growth_segment_users
+                .remove_label_values(&[label.as_str(), segment.as_str()]);
+        }
         for stage in STAGES {
             let _ = self
                 .stage_users

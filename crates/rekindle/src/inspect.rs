@@ -42,6 +42,13 @@ pub fn inspect(settings: &Settings, args: &InspectArgs) -> anyhow::Result<()> {
             .into_iter()
             .map(|(rule, due)| json!({"rule": rule, "due_at": time(due), "due_at_ms": due}))
             .collect();
+        // As of the clock, with the scores behind it (the stored one is as of the last
+        // evaluation, which the timer keeps current).
+        let segment = book.segments().and_then(|segments| {
+            let scores = segments.scores(&profile, clock)?;
+            let name = segments.name(segments.segment_at(&profile, clock)?)?;
+            Some(json!({"segment": name, "r": scores.r, "f": scores.f, "m": scores.m}))
+        });
         let decisions: Vec<_> = profile
             .recent
             .iter()
@@ -54,6 +61,7 @@ pub fn inspect(settings: &Settings, args: &InspectArgs) -> anyhow::Result<()> {
             "lifecycle_stage": stage.map_or("none", |s| s.as_str()),
             "stored_stage": profile.stage.map(|m| json!({"stage": m.stage.as_str(), "since": time(m.since_ms)})),
             "holdout_group": book.holdout_group(&args.user).as_str(),
+            "segment": segment,
             "first_active": time(profile.first_active_ms),
             "last_active": time(profile.last_active_ms),
             "timezone": profile.timezone,

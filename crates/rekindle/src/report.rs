@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
-use rekindle_rules::{day_label, CohortCounts, DayCounts, Growth, RETENTION_DAYS};
+use rekindle_rules::{day_label, CohortCounts, DayCounts, Growth, Segments, RETENTION_DAYS};
 use rekindle_state::Store;
 use serde::Serialize;
 
@@ -20,6 +20,8 @@ enum Report {
     Active,
     /// New users per cohort (first active day) and how many came back on day 1, 7 and 30.
     Retention,
+    /// Users per RFM segment.
+    Segments,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -72,27 +74,45 @@ struct RetentionLine {
     rolling_d30: Option<u32>,
 }
 
+/// One line of `report segments --format json`.
+#[derive(Serialize)]
+struct SegmentLine<'a> {
+    segment: &'a str,
+    users: i64,
+}
+
 /// The figures of every partition of a store, added up.
 struct Totals {
     days: BTreeMap<i64, DayCounts>,
     cohorts: BTreeMap<i64, CohortCounts>,
+    /// Users per segment, in the configured order; `None` when segments are off.
+    segments: Option<Vec<(String, i64)>>,
     /// The last day every partition's clock has passed; `None`: no partition has a clock.
     last_complete: Option<i64>,
 }
 
 pub fn report(settings: &Settings, args: &ReportArgs) -> anyhow::Result<()> {
-    let Some(growth) = settings.growth()? else {
-        bail!("analytics are off (analytics.enabled = false): there are no figures to report");
-    };
+    let rules = settings.rule_book()?;
+    let segments = rules.segments();
+    let growth = settings.growth()?;
+    match (args.report, &growth, segments) {
+        (Report::Segments, _, None) => {
+            bail!("segments are off (segments.enabled = false): there are no counts to report")
+        }
+        (Report::Active | Report::Retention, None, _) => {
+            bail!("analytics are off (analytics.enabled = false): there are no figures to report")
+        }
+        _ => {}
+    }
     let totals = match &args.input {
         Some(input) => {
             let temp = tempfile::tempdir().context("creating a temporary state directory")?;
             replay::run_file(settings, input, args.until_ms, temp.path(), &mut |_| {})?;
-            totals(&growth, temp.path())?
+            totals(growth.as_ref(), segments, temp.path())?
         }
         None => {
             let dir = args.state_dir.as_deref().unwrap_or(&settings.state.dir);
-            totals(&growth, dir)?
+            totals(growth.as_ref(), segments, dir)?
         }
     };
     let stdout = std::io::stdout();
@@ -100,21 +120,40 @@ pub fn report(settings: &Settings, args: &ReportArgs) -> anyhow::Result<()> {
     match args.report {
         Report::Active => active(&mut out, &totals, args.format)?,
         Report::Retention => retention(&mut out, &totals, args.format)?,
+        Report::Segments => segment_counts(&mut out, &totals, args.format)?,
     }
     out.flush()?;
     Ok(())
 }
 
-fn totals(growth: &Growth, dir: &Path) -> anyhow::Result<Totals> {
+fn totals(
+    growth: Option<&Growth>,
+    segments: Option<&Segments>,
+    dir: &Path,
+) -> anyhow::Result<Totals> {
     let store = Store::open_read_only(dir)
         .with_context(|| format!("opening the state directory {}", dir.display()))?;
     let mut totals = Totals {
         days: BTreeMap::new(),
         cohorts: BTreeMap::new(),
+        segments: segments.map(|s| s.names().iter().map(|n| (n.clone(), 0)).collect()),
         last_complete: None,
     };
     for partition in store.partitions()? {
         let Some(meta) = store.meta(partition)? else {
+            continue;
+        };
+        if let (Some(segments), Some(counts)) = (segments, totals.segments.as_mut()) {
+            if meta.segment_hash != segments.config_hash() {
+                bail!(
+                    "partition {partition}: its segments were counted under another [segments] configuration (a worker recomputes them when it next opens the partition)"
+                );
+            }
+            for ((_, total), users) in counts.iter_mut().zip(meta.segment_users) {
+                *total += users;
+            }
+        }
+        let Some(growth) = growth else {
             continue;
         };
         let figures = store.growth(partition)?;
@@ -139,6 +178,37 @@ fn totals(growth: &Growth, dir: &Path) -> anyhow::Result<Totals> {
         }
     }
     Ok(totals)
+}
+
+fn segment_counts(out: &mut impl Write, totals: &Totals, format: Format) -> anyhow::Result<()> {
+    let counts = totals.segments.as_deref().unwrap_or_default();
+    let all: i64 = counts.iter().map(|(_, n)| n).sum();
+    if let Format::Table = format {
+        writeln!(out, "{:<16} {:>10} {:>8}", "segment", "users", "share")?;
+    }
+    for (segment, users) in counts {
+        match format {
+            Format::Json => {
+                serde_json::to_writer(
+                    &mut *out,
+                    &SegmentLine {
+                        segment,
+                        users: *users,
+                    },
+                )?;
+                writeln!(out)?;
+            }
+            Format::Table => {
+                let share = if all > 0 {
+                    format!("{:.1}%", 100.0 * *users as f64 / all as f64)
+                } else {
+                    "-".into()
+                };
+                writeln!(out, "{segment:<16} {users:>10} {share:>8}")?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `part` as a percentage of `whole`, for people.

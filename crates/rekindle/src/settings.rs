@@ -9,7 +9,7 @@ use anyhow::{anyhow, Context};
 use config::{Config, Environment, File, FileFormat};
 use rekindle_rules::{
     Growth, GrowthConfig, LifecycleConfig, PolicyConfig, RuleBook, RuleBookConfig, RuleConfig,
-    WindowConfig, Windows,
+    SegmentConfig, WindowConfig, Windows,
 };
 use serde::Deserialize;
 
@@ -31,6 +31,8 @@ pub struct Settings {
     pub policy: PolicyConfig,
     /// Growth figures: active users and retention cohorts.
     pub analytics: GrowthConfig,
+    /// RFM segments: scores, thresholds and the table of named segments.
+    pub segments: SegmentConfig,
     pub log: LogConfig,
     pub http: HttpConfig,
 }
@@ -265,6 +267,7 @@ impl Settings {
             rules: self.rules.clone(),
             lifecycle: self.lifecycle.clone(),
             policy: self.policy.clone(),
+            segments: self.segments.clone(),
         }
     }
 
@@ -290,6 +293,8 @@ impl Settings {
             lifecycle: Option<LifecycleConfig>,
             #[serde(default)]
             policy: Option<PolicyConfig>,
+            #[serde(default)]
+            segments: Option<SegmentConfig>,
         }
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading rules file {}", path.display()))?;
@@ -305,6 +310,9 @@ impl Settings {
         }
         if let Some(policy) = file.policy {
             settings.policy = policy;
+        }
+        if let Some(segments) = file.segments {
+            settings.segments = segments;
         }
         settings
             .rule_book()
@@ -369,6 +377,26 @@ mod tests {
             "{ids:?}"
         );
         assert_eq!(s.kafka.group_id, "rekindle");
+    }
+
+    #[test]
+    fn a_segment_map_in_a_file_replaces_the_default_one() {
+        let s = with_file(
+            "[segments]\nmap = [\n  { name = \"recent\", r = \"3-5\", f = \"1-5\" },\n  { name = \"gone\", r = \"1-2\", f = \"1-5\" },\n]\n[rules.dormant_30d]\nsegments = [\"recent\"]\n",
+        )
+        .expect("valid");
+        let names: Vec<&str> = s.segments.map.iter().map(|l| l.name.as_str()).collect();
+        assert_eq!(names, ["recent", "gone"], "not merged with the default map");
+        let book = s.rule_book().expect("valid");
+        let dormant = book
+            .rules()
+            .iter()
+            .find(|r| r.id() == "dormant_30d")
+            .expect("dormant_30d");
+        assert_eq!(dormant.segments(), [0]);
+        let unknown = with_file("[rules.dormant_30d]\nsegments = [\"vip\"]\n");
+        let message = format!("{:#}", unknown.expect_err("vip is not a segment"));
+        assert!(message.contains("rules.dormant_30d.segments"), "{message}");
     }
 
     #[test]

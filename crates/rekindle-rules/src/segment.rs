@@ -1,0 +1,334 @@
+//! RFM segments: recency (whole days since the last activity), frequency (active buckets in
+//! the lookback) and monetary value (sum of `amount` in the lookback), each scored 1 to 5
+//! with configured thresholds, and a table from scores to named segments (first match wins).
+//!
+//! A user's segment is a function of its profile and the clock. It changes with new
+//! activity and, without any, when a recency threshold passes or an active bucket leaves the
+//! lookback; [`Segments::next_change`] finds the first such moment at which the *segment*
+//! (not merely a score) changes, so the user's single timer wakes it exactly then and the
+//! per-partition counts stay exact without scanning users.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::error::invalid;
+use crate::{RulesError, UserProfile, Windows, DAY_MS};
+
+/// At most this many segments, so that counts fit a fixed array in the partition's meta.
+pub const MAX_SEGMENTS: usize = 16;
+
+/// One line of the segment table: a name and the score ranges it covers, e.g. `r = "4-5"`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SegmentRuleConfig {
+    pub name: String,
+    pub r: String,
+    pub f: String,
+    #[serde(default = "all_scores")]
+    pub m: String,
+}
+
+fn all_scores() -> String {
+    "1-5".into()
+}
+
+/// `[segments]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SegmentConfig {
+    pub enabled: bool,
+    /// The window of frequency and monetary value, ending with the clock's bucket.
+    #[serde(with = "humantime_serde")]
+    pub lookback: Duration,
+    /// Recency score 5, 4, 3, 2: at most this many whole days since the last activity;
+    /// more than the last: 1.
+    pub recency_days: [u32; 4],
+    /// Frequency score 2, 3, 4, 5: at least this many active buckets in the lookback.
+    pub frequency: [u32; 4],
+    /// Monetary score 2, 3, 4, 5: at least this sum of `amount` in the lookback.
+    pub monetary: [f64; 4],
+    /// Scores to segment names, first match wins; every combination must be covered.
+    pub map: Vec<SegmentRuleConfig>,
+}
+
+impl Default for SegmentConfig {
+    fn default() -> Self {
+        let line = |name: &str, r: &str, f: &str, m: &str| SegmentRuleConfig {
+            name: name.into(),
+            r: r.into(),
+            f: f.into(),
+            m: m.into(),
+        };
+        SegmentConfig {
+            enabled: true,
+            lookback: Duration::from_secs(30 * 86_400),
+            recency_days: [1, 3, 7, 14],
+            frequency: [2, 4, 8, 15],
+            monetary: [1.0, 20.0, 100.0, 500.0],
+            map: vec![
+                line("champions", "4-5", "4-5", "1-5"),
+                line("loyal", "3-5", "3-5", "1-5"),
+                line("new", "4-5", "1", "1-5"),
+                line("potential", "3-5", "1-2", "1-5"),
+                line("cant_lose", "1-2", "4-5", "4-5"),
+                line("at_risk", "1-2", "3-5", "1-5"),
+                line("hibernating", "2", "1-2", "1-5"),
+                line("lost", "1", "1-2", "1-5"),
+            ],
+        }
+    }
+}
+
+/// Recency, frequency and monetary scores, each 1 to 5.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scores {
+    pub r: u8,
+    pub f: u8,
+    pub m: u8,
+}
+
+/// The validated segment configuration.
+#[derive(Debug, Clone)]
+pub struct Segments {
+    windows: Windows,
+    lookback: i64,
+    recency_days: [i64; 4],
+    frequency: [u32; 4],
+    monetary: [f64; 4],
+    names: Vec<String>,
+    /// Segment index by `(r-1)*25 + (f-1)*5 + (m-1)`.
+    table: [u8; 125],
+    /// Changes whenever anything that decides a user's segment changes.
+    hash: u64,
+}
+
+fn ascending<T: PartialOrd + Copy>(key: &str, values: &[T]) -> Result<(), RulesError> {
+    if values.windows(2).all(|w| w[0] < w[1]) {
+        Ok(())
+    } else {
+        Err(invalid(key, "thresholds must be strictly ascending"))
+    }
+}
+
+/// `"4-5"` or `"3"` as an inclusive range of scores.
+fn score_range(key: &str, text: &str) -> Result<(u8, u8), RulesError> {
+    let parse = |s: &str| s.trim().parse::<u8>().ok().filter(|v| (1..=5).contains(v));
+    let (low, high) = match text.split_once('-') {
+        Some((a, b)) => (parse(a), parse(b)),
+        None => (parse(text), parse(text)),
+    };
+    match (low, high) {
+        (Some(l), Some(h)) if l <= h => Ok((l, h)),
+        _ => Err(invalid(
+            key,
+            format!("{text:?} is not a score range like \"4-5\" or \"3\""),
+        )),
+    }
+}
+
+impl Segments {
+    /// `None` when segments are off.
+    pub fn new(config: &SegmentConfig, windows: Windows) -> Result<Option<Segments>, RulesError> {
+        if !config.enabled {
+            return Ok(None);
+        }
+        let lookback = windows.buckets_in("segments.lookback", config.lookback)?;
+        if lookback > windows.retained() {
+            return Err(invalid(
+                "segments.lookback",
+                "must not exceed state.retained_buckets buckets",
+            ));
+        }
+        ascending("segments.recency_days", &config.recency_days)?;
+        ascending("segments.frequency", &config.frequency)?;
+        ascending("segments.monetary", &config.monetary)?;
+        if config.monetary.iter().any(|m| !m.is_finite()) {
+            return Err(invalid("segments.monetary", "must be finite numbers"));
+        }
+        if config.map.is_empty() || config.map.len() > MAX_SEGMENTS {
+            return Err(invalid(
+                "segments.map",
+                format!("must name 1 to {MAX_SEGMENTS} segments"),
+            ));
+        }
+        let mut names: Vec<String> = Vec::new();
+        let mut table = [u8::MAX; 125];
+        for (i, line) in config.map.iter().enumerate() {
+            let key = format!("segments.map[{i}]");
+            let valid_name = !line.name.is_empty()
+                && line
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+            if !valid_name {
+                return Err(invalid(
+                    format!("{key}.name"),
+                    "must be lowercase letters, digits and _",
+                ));
+            }
+            let index = match names.iter().position(|n| *n == line.name) {
+                Some(at) => at,
+                None => {
+                    names.push(line.name.clone());
+                    names.len() - 1
+                }
+            };
+            let (r0, r1) = score_range(&format!("{key}.r"), &line.r)?;
+            let (f0, f1) = score_range(&format!("{key}.f"), &line.f)?;
+            let (m0, m1) = score_range(&format!("{key}.m"), &line.m)?;
+            for r in r0..=r1 {
+                for f in f0..=f1 {
+                    for m in m0..=m1 {
+                        let slot = &mut table[cell(Scores { r, f, m })];
+                        if *slot == u8::MAX {
+                            *slot = index as u8;
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(at) = table.iter().position(|s| *s == u8::MAX) {
+            let (r, f, m) = (at / 25 + 1, at / 5 % 5 + 1, at % 5 + 1);
+            return Err(invalid(
+                "segments.map",
+                format!("no segment covers r={r} f={f} m={m}"),
+            ));
+        }
+        let hash = xxhash_rust::xxh3::xxh3_64(
+            format!(
+                "{lookback} {:?} {:?} {:?} {names:?} {table:?} {}",
+                config.recency_days,
+                config.frequency,
+                config.monetary,
+                windows.width_ms()
+            )
+            .as_bytes(),
+        );
+        Ok(Some(Segments {
+            windows,
+            lookback,
+            recency_days: config.recency_days.map(i64::from),
+            frequency: config.frequency,
+            monetary: config.monetary,
+            names,
+            table,
+            hash,
+        }))
+    }
+
+    /// Segment names, in index order (the order of first appearance in the map).
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    pub fn name(&self, index: u8) -> Option<&str> {
+        self.names.get(usize::from(index)).map(String::as_str)
+    }
+
+    pub fn index_of(&self, name: &str) -> Option<u8> {
+        self.names.iter().position(|n| n == name).map(|i| i as u8)
+    }
+
+    /// Identifies the configuration: a stored segment means what it says only under the
+    /// same hash.
+    pub fn config_hash(&self) -> u64 {
+        self.hash
+    }
+
+    fn recency_score(&self, days: i64) -> u8 {
+        5 - self.recency_days.iter().take_while(|t| days > **t).count() as u8
+    }
+
+    fn frequency_score(&self, active: u32) -> u8 {
+        1 + self.frequency.iter().filter(|t| active >= **t).count() as u8
+    }
+
+    fn monetary_score(&self, amount: f64) -> u8 {
+        1 + self.monetary.iter().filter(|t| amount >= **t).count() as u8
+    }
+
+    /// Active buckets and amount in the lookback at `now_ms`, and the index of the first
+    /// bucket in it.
+    fn window(&self, profile: &UserProfile, now_ms: i64) -> (u32, f64, usize) {
+        let first_in = self.windows.bucket_of(now_ms) - self.lookback + 1;
+        let from = profile.buckets.partition_point(|b| b.index < first_in);
+        let inside = &profile.buckets[from..];
+        (inside.len() as u32, amount_of(inside), from)
+    }
+
+    /// The scores at `now_ms`; `None` before the first activity.
+    pub fn scores(&self, profile: &UserProfile, now_ms: i64) -> Option<Scores> {
+        if !profile.has_activity() {
+            return None;
+        }
+        let days = (now_ms - profile.last_active_ms).max(0).div_euclid(DAY_MS);
+        let (active, amount, _) = self.window(profile, now_ms);
+        Some(Scores {
+            r: self.recency_score(days),
+            f: self.frequency_score(active),
+            m: self.monetary_score(amount),
+        })
+    }
+
+    /// The segment at `now_ms`; `None` before the first activity.
+    pub fn segment_at(&self, profile: &UserProfile, now_ms: i64) -> Option<u8> {
+        self.scores(profile, now_ms).map(|s| self.table[cell(s)])
+    }
+
+    /// The first moment after `now_ms` at which the segment differs from the one at
+    /// `now_ms`, if no activity comes in between.
+    pub fn next_change(&self, profile: &UserProfile, now_ms: i64) -> Option<i64> {
+        let current = self.segment_at(profile, now_ms)?;
+        let (_, _, from) = self.window(profile, now_ms);
+        let width = self.windows.width_ms();
+        // Moments a score can move: a bucket leaves the lookback, a recency threshold passes.
+        let mut moments: Vec<(i64, Option<usize>)> = profile.buckets[from..]
+            .iter()
+            .enumerate()
+            .map(|(i, b)| ((b.index + self.lookback) * width, Some(from + i)))
+            .collect();
+        for days in self.recency_days {
+            moments.push((profile.last_active_ms + (days + 1) * DAY_MS, None));
+        }
+        moments.retain(|(t, _)| *t > now_ms);
+        moments.sort_unstable_by_key(|(t, _)| *t);
+        // Buckets leave oldest first, so what is left is always a suffix of the buckets.
+        let mut left_from = from;
+        let mut at = 0;
+        while at < moments.len() {
+            let time = moments[at].0;
+            // Everything that happens at the same moment, together.
+            while at < moments.len() && moments[at].0 == time {
+                if let Some(bucket) = moments[at].1 {
+                    left_from = left_from.max(bucket + 1);
+                }
+                at += 1;
+            }
+            let inside = profile.buckets.get(left_from..).unwrap_or_default();
+            let days = (time - profile.last_active_ms).max(0).div_euclid(DAY_MS);
+            let scores = Scores {
+                r: self.recency_score(days),
+                f: self.frequency_score(inside.len() as u32),
+                m: self.monetary_score(amount_of(inside)),
+            };
+            if self.table[cell(scores)] != current {
+                return Some(time);
+            }
+        }
+        None
+    }
+}
+
+/// Summed in one fixed order, so that the same buckets always give the same sum: a
+/// threshold is then crossed at the same moment however the sum was reached.
+fn amount_of(buckets: &[crate::Bucket]) -> f64 {
+    buckets.iter().rev().map(|b| b.amount).sum()
+}
+
+fn cell(s: Scores) -> usize {
+    usize::from(s.r - 1) * 25 + usize::from(s.f - 1) * 5 + usize::from(s.m - 1)
+}
+
+#[cfg(test)]
+mod tests;
