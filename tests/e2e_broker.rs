@@ -16,8 +16,20 @@ use support::histories::{
     assert_same_episodes, avro_payloads, expected, scripted, write_replay_file,
 };
 use support::worker::{
-    http_get, log_lines, read_topic, replay, write_config, TriggerReader, Worker, DEAD_LETTERS,
+    http_get, log_lines, read_topic, replay, write_config_with, TriggerReader, Worker,
+    WorkerOptions, DEAD_LETTERS, LAPSED_ONLY,
 };
+
+const SHADOW_EXPERIMENT: &str = r#"
+[rules.dormant_trial]
+kind = "dormant"
+mode = "shadow"
+inactive_for = "30d"
+arms = [
+  { name = "email", percent = 50.0 },
+  { name = "holdout", percent = 50.0, holdout = true },
+]
+"#;
 use support::{now_ms, DAY};
 
 fn malformed_records(
@@ -64,12 +76,19 @@ fn live_run_emits_exactly_the_expected_triggers_and_matches_replay() {
     produce(&broker.address, "activity", &records, Batching::Default);
 
     let dir = tempfile::tempdir().expect("temp dir");
-    let config = write_config(
+    // A shadow rule running an experiment: it never sends (the expected triggers stay
+    // lapsed_7d's alone), and every documented metric then has series to check.
+    let rules = format!("{LAPSED_ONLY}\n{SHADOW_EXPERIMENT}");
+    let config = write_config_with(
         dir.path(),
         &broker.address,
         "activity",
         "triggers",
         "rekindle-e2e",
+        &WorkerOptions {
+            rules: &rules,
+            ..WorkerOptions::default()
+        },
     );
     let worker = Worker::start(&config, &dir.path().join("worker.log"));
     let mut reader = TriggerReader::new(&broker.address, "triggers");

@@ -269,7 +269,7 @@ const SEGMENT_MAP: [(&str, Scores, Scores, Scores); 8] = [
 ];
 
 /// Users per segment at `at_ms` under the default `[segments]`, from the raw events: R from
-/// whole days since the last event (thresholds 1, 3, 7, 14), F from distinct UTC days with
+/// the time since the last event (R drops at 2, 4, 8 and 15 days), F from distinct UTC days with
 /// events among the 30 ending with `at_ms`'s (2, 4, 8, 15), M from their amounts (1, 20,
 /// 100, 500).
 fn segment_lines(events: &[ActivityEvent], at_ms: i64) -> Vec<serde_json::Value> {
@@ -284,8 +284,8 @@ fn segment_lines(events: &[ActivityEvent], at_ms: i64) -> Vec<serde_json::Value>
     let today = at_ms.div_euclid(DAY);
     let mut counts: BTreeMap<&str, u64> = SEGMENT_MAP.iter().map(|s| (s.0, 0)).collect();
     for (last, days) in users.values() {
-        let silent = (at_ms - last).div_euclid(DAY);
-        let r = 5 - [1, 3, 7, 14].iter().filter(|t| silent > **t).count() as u8;
+        let silent = at_ms - last;
+        let r = 5 - [2, 4, 8, 15].iter().filter(|t| silent >= **t * DAY).count() as u8;
         let recent: Vec<f64> = days.range(today - 29..=today).map(|(_, a)| *a).collect();
         let f = 1 + [2, 4, 8, 15].iter().filter(|t| recent.len() >= **t).count() as u8;
         let spent: f64 = recent.iter().sum();

@@ -58,6 +58,10 @@ pub struct Engine {
     metrics: Metrics,
     /// Reused across evaluations so the per-event path does not allocate for it.
     outcome: Outcome,
+    /// Every arm of the configured experiments: (rule, experiment, arm).
+    arms: Vec<(String, String, String)>,
+    /// The same as metric labels: (rule, arm).
+    arm_labels: Vec<(String, String)>,
 }
 
 impl Engine {
@@ -68,7 +72,24 @@ impl Engine {
                 metrics.growth_uncounted.with_label_values(&[reason]);
             }
         }
+        let arms: Vec<(String, String, String)> = config
+            .rules
+            .rules()
+            .iter()
+            .filter_map(|rule| Some((rule.id(), rule.experiment()?)))
+            .flat_map(|(rule, e)| {
+                e.arms()
+                    .iter()
+                    .map(move |a| (rule.to_string(), e.id().to_string(), a.name.clone()))
+            })
+            .collect();
+        let arm_labels = arms
+            .iter()
+            .map(|(rule, _, arm)| (rule.clone(), arm.clone()))
+            .collect();
         Engine {
+            arms,
+            arm_labels,
             store,
             stats: EngineStats::default(),
             config,
@@ -110,7 +131,7 @@ impl Engine {
         self.partition_series.remove(&partition);
         // Another worker reports this partition's users from now on.
         self.metrics
-            .forget_partition(partition, self.segment_names());
+            .forget_partition(partition, self.segment_names(), &self.arm_labels);
     }
 
     pub fn partitions(&self) -> impl Iterator<Item = u32> + '_ {
@@ -173,9 +194,12 @@ impl Engine {
                 }
             }
             self.partitions.insert(partition, state);
-            let series =
-                self.metrics
-                    .partition_series(&self.config.topic, partition, self.segment_names());
+            let series = self.metrics.partition_series(
+                &self.config.topic,
+                partition,
+                self.segment_names(),
+                &self.arm_labels,
+            );
             self.partition_series.insert(partition, series);
         }
         self.partitions.get_mut(&partition).ok_or_else(|| {
@@ -431,6 +455,13 @@ impl Engine {
                 for (gauge, users) in series.segment_users.iter().zip(state.meta().segment_users) {
                     gauge.set(users);
                 }
+                for ([users, back], (rule, experiment, arm)) in
+                    series.arm_users.iter().zip(&self.arms)
+                {
+                    let counts = state.growth().arm(rule, experiment, arm);
+                    users.set(i64::try_from(counts.users).unwrap_or(i64::MAX));
+                    back.set(i64::try_from(counts.reactivated).unwrap_or(i64::MAX));
+                }
             }
         }
         self.metrics.batches_committed.inc();
@@ -453,6 +484,9 @@ fn report(
             .stage_transitions
             .with_label_values(&[stage_label(change.from), stage_label(change.to)])
             .inc();
+    }
+    for count in outcome.experiments.drain(..) {
+        state.growth_mut().count_experiment(&count);
     }
     if let Some(change) = outcome.segment_change {
         state.count_segment_change(change.from.map(usize::from), change.to.map(usize::from));

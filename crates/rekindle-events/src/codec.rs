@@ -340,6 +340,7 @@ mod tests {
             schema_version: crate::TRIGGER_SCHEMA_VERSION,
             rule_config_hash: "00ff".into(),
             segment: "loyal".into(),
+            arm: "coupon".into(),
         };
         let framed = TriggerEncoder::new(Some(9))
             .expect("encoder")
@@ -371,6 +372,7 @@ mod tests {
             schema_version: crate::TRIGGER_SCHEMA_VERSION,
             rule_config_hash: "abc".into(),
             segment: String::new(),
+            arm: String::new(),
         };
         let encoder = AuditEncoder::new(None).expect("encoder");
         let decoder = AuditDecoder::new().expect("decoder");
@@ -434,6 +436,37 @@ mod tests {
             .expect("resolves")
     }
 
+    /// Published generations of (trigger, audit record) schemas.
+    const GENERATIONS: [(&str, &str, &str); 2] = [
+        (
+            "v2",
+            include_str!("../../../schemas/history/reactivation_trigger.v2.avsc"),
+            include_str!("../../../schemas/history/audit_record.v2.avsc"),
+        ),
+        (
+            "v3",
+            include_str!("../../../schemas/history/reactivation_trigger.v3.avsc"),
+            include_str!("../../../schemas/history/audit_record.v3.avsc"),
+        ),
+    ];
+
+    /// The trigger as a reader of `schema` sees it: fields the schema lacks at their
+    /// defaults.
+    fn seen_through(trigger: &ReactivationTrigger, schema: &Schema) -> ReactivationTrigger {
+        let Schema::Record(record) = schema else {
+            panic!("not a record schema");
+        };
+        let has = |name: &str| record.fields.iter().any(|f| f.name == name);
+        let mut seen = trigger.clone();
+        if !has("segment") {
+            seen.segment.clear();
+        }
+        if !has("arm") {
+            seen.arm.clear();
+        }
+        seen
+    }
+
     /// Every published generation in schemas/history and the current schema read each
     /// other's records: new fields are skipped by old readers and take their defaults in
     /// new readers, so a delivery service that has not upgraded keeps working.
@@ -451,6 +484,7 @@ mod tests {
             schema_version: crate::TRIGGER_SCHEMA_VERSION,
             rule_config_hash: "abc".into(),
             segment: "loyal".into(),
+            arm: "coupon".into(),
         };
         let audit = AuditRecord {
             trigger: trigger.clone(),
@@ -461,42 +495,14 @@ mod tests {
         };
         let current_trigger = Schema::parse_str(TRIGGER_SCHEMA_JSON).expect("schema");
         let current_audit = Schema::parse_str(AUDIT_SCHEMA_JSON).expect("schema");
-        let old_trigger = Schema::parse_str(include_str!(
-            "../../../schemas/history/reactivation_trigger.v2.avsc"
-        ))
-        .expect("schema");
-        let old_audit = Schema::parse_str(include_str!(
-            "../../../schemas/history/audit_record.v2.avsc"
-        ))
-        .expect("schema");
-
-        // New records, old readers: everything they know, nothing they do not.
         let new_trigger = TriggerEncoder::new(None)
             .expect("encoder")
             .encode(&trigger)
             .expect("encodes");
-        let seen = resolve(&new_trigger, &current_trigger, &old_trigger);
-        assert!(!field_names(&seen).contains(&"segment".to_string()));
-        let back: ReactivationTrigger = apache_avro::from_value(&seen).expect("old shape");
-        assert_eq!(
-            back,
-            ReactivationTrigger {
-                segment: String::new(),
-                ..trigger.clone()
-            }
-        );
         let new_audit = AuditEncoder::new(None)
             .expect("encoder")
             .encode(&audit)
             .expect("encodes");
-        let seen: AuditRecord =
-            apache_avro::from_value(&resolve(&new_audit, &current_audit, &old_audit))
-                .expect("old shape");
-        assert_eq!(seen.trigger.rule_config_hash, "abc");
-        assert_eq!(seen.trigger.segment, "", "the old reader has no segment");
-        assert_eq!(seen.reason, "holdout");
-
-        // Old records, new readers: the new fields at their defaults.
         let written = |value: apache_avro::types::Value, schema: &Schema| {
             GenericDatumWriter::builder(schema)
                 .build()
@@ -504,26 +510,49 @@ mod tests {
                 .write_value_to_vec(as_written_by(value, schema))
                 .expect("an old writer can write it")
         };
-        let old = written(
-            apache_avro::to_value(&trigger).expect("value"),
-            &old_trigger,
-        );
-        let back: ReactivationTrigger =
-            apache_avro::from_value(&resolve(&old, &old_trigger, &current_trigger))
-                .expect("new shape");
-        assert_eq!(
-            back,
-            ReactivationTrigger {
-                segment: String::new(),
-                ..trigger.clone()
-            }
-        );
-        let old = written(apache_avro::to_value(&audit).expect("value"), &old_audit);
-        let back: AuditRecord =
-            apache_avro::from_value(&resolve(&old, &old_audit, &current_audit)).expect("new shape");
-        assert_eq!(back.trigger.segment, "");
-        assert_eq!(back.trigger.rule_config_hash, "abc");
-        assert_eq!(back.group, "holdout");
+        for (name, trigger_json, audit_json) in GENERATIONS {
+            let old_trigger = Schema::parse_str(trigger_json).expect("schema");
+            let old_audit = Schema::parse_str(audit_json).expect("schema");
+            let expected = seen_through(&trigger, &old_trigger);
+            assert_ne!(
+                expected, trigger,
+                "{name} lacks a field of the current schema"
+            );
+
+            // New records, old readers: everything they know, nothing they do not.
+            let seen = resolve(&new_trigger, &current_trigger, &old_trigger);
+            let old_fields = field_names(&seen);
+            assert!(
+                !old_fields.contains(&"arm".to_string()),
+                "{name}: {old_fields:?}"
+            );
+            let back: ReactivationTrigger = apache_avro::from_value(&seen).expect("old shape");
+            assert_eq!(back, expected, "{name}");
+            let seen: AuditRecord =
+                apache_avro::from_value(&resolve(&new_audit, &current_audit, &old_audit))
+                    .expect("old shape");
+            assert_eq!(seen.trigger, expected, "{name}");
+            assert_eq!(
+                (seen.reason.as_str(), seen.group.as_str()),
+                ("holdout", "holdout")
+            );
+
+            // Old records, new readers: the new fields at their defaults.
+            let old = written(
+                apache_avro::to_value(&trigger).expect("value"),
+                &old_trigger,
+            );
+            let back: ReactivationTrigger =
+                apache_avro::from_value(&resolve(&old, &old_trigger, &current_trigger))
+                    .expect("new shape");
+            assert_eq!(back, expected, "{name}");
+            let old = written(apache_avro::to_value(&audit).expect("value"), &old_audit);
+            let back: AuditRecord =
+                apache_avro::from_value(&resolve(&old, &old_audit, &current_audit))
+                    .expect("new shape");
+            assert_eq!(back.trigger, expected, "{name}");
+            assert_eq!(back.group, "holdout");
+        }
     }
 
     proptest! {

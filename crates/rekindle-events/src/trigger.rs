@@ -3,7 +3,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 /// Written into every trigger so consumers can tell which schema generation produced it.
-pub const TRIGGER_SCHEMA_VERSION: i32 = 3;
+pub const TRIGGER_SCHEMA_VERSION: i32 = 4;
 
 /// A decision that a user lapsed, as described by `schemas/reactivation_trigger.avsc`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -24,6 +24,9 @@ pub struct ReactivationTrigger {
     /// The user's RFM segment when the rule fired; empty when segments are off.
     #[serde(default)]
     pub segment: String,
+    /// The arm of the rule's experiment (what to send); empty when it runs none.
+    #[serde(default)]
+    pub arm: String,
 }
 
 /// A decision that did not (or not yet) send a trigger, as described by

@@ -7,8 +7,8 @@ use crate::error::invalid;
 use crate::policy::{time_zone, Holdout, QuietHours};
 use crate::rule::{Candidate, Rule};
 use crate::{
-    trigger_id, Attribution, Decision, Deferred, Group, Lifecycle, Outcome, Reason, RuleBookConfig,
-    RuleMode, RulesError, Segments, UserProfile, Verdict, Windows,
+    trigger_id, Attribution, Decision, Deferred, ExperimentCount, Group, Lifecycle, Outcome,
+    Reason, RuleBookConfig, RuleMode, RulesError, Segments, UserProfile, Verdict, Windows,
 };
 
 /// One activity as the rules see it.
@@ -143,6 +143,38 @@ impl RuleBook {
         rule.candidate(profile, now_ms)
     }
 
+    fn experiment(&self, rule_id: &str) -> Option<&crate::Experiment> {
+        self.rules
+            .iter()
+            .find(|r| r.id() == rule_id)
+            .and_then(Rule::experiment)
+    }
+
+    /// A user back within the attribution window after a trigger of `rule_id` counts once as
+    /// reactivated in its arm of the rule's experiment (if it counted as triggered in it).
+    fn count_reactivation(
+        &self,
+        user_id: &str,
+        profile: &mut UserProfile,
+        rule_id: &str,
+        out: &mut Outcome,
+    ) {
+        let Some(experiment) = self.experiment(rule_id) else {
+            return;
+        };
+        let memory = profile.memory_mut(rule_id);
+        if memory.exposed_in != experiment.tag() || memory.reactivated_in == experiment.tag() {
+            return;
+        }
+        memory.reactivated_in = experiment.tag();
+        out.experiments.push(ExperimentCount {
+            rule: rule_id.to_string(),
+            experiment: experiment.id().to_string(),
+            arm: experiment.arm_of(user_id).name.clone(),
+            reactivated: true,
+        });
+    }
+
     /// Moves the user's segment to the one at `now_ms`, reporting the change.
     fn settle_segment(&self, profile: &mut UserProfile, now_ms: i64, out: &mut Outcome) {
         let Some(segments) = &self.segments else {
@@ -188,6 +220,7 @@ impl RuleBook {
                 if activity.timestamp_ms <= attribution.at_ms {
                     profile.attribution = Some(attribution);
                 } else if activity.timestamp_ms - attribution.at_ms <= self.attribution_ms {
+                    self.count_reactivation(user_id, profile, &attribution.rule, out);
                     out.reactivated = Some(attribution);
                 }
             }
@@ -416,8 +449,9 @@ impl RuleBook {
         })
     }
 
-    /// The last step: the holdout group decides between sending and recording. Either way
-    /// it counts for caps, cooldowns and attribution, so both groups are treated alike.
+    /// The last step: the holdout group (and the holdout arm of the rule's experiment)
+    /// decides between sending and recording. Either way it counts for caps, cooldowns and
+    /// attribution, so the groups and arms are treated alike but for delivery.
     fn deliver(
         &self,
         user_id: &str,
@@ -435,7 +469,29 @@ impl RuleBook {
             profile.sent_ms.drain(..excess);
         }
         profile.memory_mut(&trigger.rule_id).last_sent_ms = Some(now_ms);
-        let group = self.holdout.group(user_id);
+        let global = self.holdout.group(user_id);
+        let experiment = self.experiment(&trigger.rule_id);
+        let arm = experiment.map(|e| e.arm_of(user_id));
+        if let (Some(experiment), Some(arm), Group::Treatment) = (experiment, arm, global) {
+            // The global holdout is the control of the whole pipeline; an experiment counts
+            // the users it decides about.
+            let memory = profile.memory_mut(&trigger.rule_id);
+            if memory.exposed_in != experiment.tag() {
+                memory.exposed_in = experiment.tag();
+                memory.reactivated_in = 0;
+                out.experiments.push(ExperimentCount {
+                    rule: trigger.rule_id.clone(),
+                    experiment: experiment.id().to_string(),
+                    arm: arm.name.clone(),
+                    reactivated: false,
+                });
+            }
+        }
+        let group = if arm.is_some_and(|a| a.holdout) {
+            Group::Holdout
+        } else {
+            global
+        };
         profile.attribution = Some(Attribution {
             rule: trigger.rule_id.clone(),
             group,
@@ -483,6 +539,10 @@ impl RuleBook {
             features: rule.features(profile, candidate, now_ms),
             schema_version: TRIGGER_SCHEMA_VERSION,
             rule_config_hash: rule.config_hash().to_string(),
+            arm: rule
+                .experiment()
+                .map(|e| e.arm_of(user_id).name.clone())
+                .unwrap_or_default(),
             segment: profile
                 .segment
                 .and_then(|s| self.segments.as_ref()?.name(s))

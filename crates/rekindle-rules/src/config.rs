@@ -91,6 +91,13 @@ pub struct RuleConfig {
     /// is one of these `[segments]` names; empty: every user.
     #[serde(default)]
     pub segments: Vec<String>,
+
+    /// An experiment on the rule: arms assigned by a salted hash of `experiment` (default:
+    /// the rule id) and the user id; the arm goes into the trigger.
+    #[serde(default)]
+    pub experiment: Option<String>,
+    #[serde(default)]
+    pub arms: Vec<crate::ArmConfig>,
 }
 
 /// `[lifecycle]`: the thresholds of the lifecycle stages.

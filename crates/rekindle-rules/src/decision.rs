@@ -113,6 +113,19 @@ pub struct Outcome {
     pub attributable: Vec<(String, Group)>,
     /// The RFM segment before and after this evaluation, when it changed.
     pub segment_change: Option<SegmentChange>,
+    /// Users counted in a rule's experiment: first triggered (or held out) in an arm, or
+    /// first back within the attribution window after such a trigger.
+    pub experiments: Vec<ExperimentCount>,
+}
+
+/// One user counted in one arm of a rule's experiment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExperimentCount {
+    pub rule: String,
+    pub experiment: String,
+    pub arm: String,
+    /// `false`: triggered (or held out); `true`: reactivated.
+    pub reactivated: bool,
 }
 
 /// A user's segment moved (`None`: no segment, before the first activity or deleted).
@@ -129,6 +142,7 @@ impl Outcome {
         self.reactivated = None;
         self.attributable.clear();
         self.segment_change = None;
+        self.experiments.clear();
     }
 
     pub(crate) fn segment(&mut self, from: Option<u8>, to: Option<u8>) {

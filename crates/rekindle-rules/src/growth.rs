@@ -13,7 +13,7 @@
 //! users, those active again on day `c+1`, `c+7` and `c+30` (classic N-day retention) and
 //! those active on that day or any later one (rolling retention).
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 
 use jiff::tz::TimeZone;
 use jiff::Timestamp;
@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::invalid;
 use crate::policy::time_zone;
-use crate::{RulesError, DAY_MS};
+use crate::{ExperimentCount, RulesError, DAY_MS};
 
 /// The retention days kept per cohort, in the order of [`CohortCounts::returned`].
 pub const RETENTION_DAYS: [i64; 3] = [1, 7, 30];
@@ -219,6 +219,23 @@ pub struct GrowthFigures {
     pub timezone: String,
     days: Series<DayCounts>,
     cohorts: Series<CohortCounts>,
+    /// Users per (rule, experiment, arm): triggered (or held out), and reactivated.
+    experiments: BTreeMap<(String, String, String), ArmCounts>,
+}
+
+/// One arm of a rule's experiment: distinct users triggered (or held out) in it, and how
+/// many of them came back within the attribution window after such a trigger.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArmCounts {
+    pub users: u64,
+    pub reactivated: u64,
+}
+
+impl ArmCounts {
+    pub fn add(&mut self, other: &ArmCounts) {
+        self.users = self.users.saturating_add(other.users);
+        self.reactivated = self.reactivated.saturating_add(other.reactivated);
+    }
 }
 
 impl GrowthFigures {
@@ -238,6 +255,34 @@ impl GrowthFigures {
 
     pub fn cohorts(&self) -> impl Iterator<Item = (i64, CohortCounts)> + '_ {
         self.cohorts.days().map(|(d, c)| (d, *c))
+    }
+
+    /// Counts a user in an arm of a rule's experiment.
+    pub fn count_experiment(&mut self, count: &ExperimentCount) {
+        let key = (
+            count.rule.clone(),
+            count.experiment.clone(),
+            count.arm.clone(),
+        );
+        let counts = self.experiments.entry(key).or_default();
+        if count.reactivated {
+            counts.reactivated = counts.reactivated.saturating_add(1);
+        } else {
+            counts.users = counts.users.saturating_add(1);
+        }
+    }
+
+    /// Every arm anyone was counted in: (rule, experiment, arm) and its counts.
+    pub fn experiments(&self) -> impl Iterator<Item = (&(String, String, String), &ArmCounts)> {
+        self.experiments.iter()
+    }
+
+    /// One arm's counts (zero when nobody was counted in it).
+    pub fn arm(&self, rule: &str, experiment: &str, arm: &str) -> ArmCounts {
+        self.experiments
+            .get(&(rule.to_string(), experiment.to_string(), arm.to_string()))
+            .copied()
+            .unwrap_or_default()
     }
 }
 

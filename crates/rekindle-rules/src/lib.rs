@@ -16,6 +16,7 @@ mod config;
 mod decision;
 mod engagement_drop;
 mod error;
+mod experiment;
 mod growth;
 mod new_user;
 mod policy;
@@ -35,11 +36,12 @@ pub use config::{
     AttributionConfig, FrequencyCapConfig, HoldoutConfig, LifecycleConfig, PolicyConfig,
     QuietHoursConfig, RuleBookConfig, RuleConfig, RuleKind, RuleMode,
 };
-pub use decision::{Decision, Outcome, Reason, SegmentChange, Verdict};
+pub use decision::{Decision, ExperimentCount, Outcome, Reason, SegmentChange, Verdict};
 pub use error::RulesError;
+pub use experiment::{lift, Arm, ArmConfig, Experiment, Lift};
 pub use growth::{
-    day_label, ActiveDays, CohortCounts, Counted, DayCounts, Growth, GrowthConfig, GrowthFigures,
-    LATE_DAYS, RETENTION_DAYS,
+    day_label, ActiveDays, ArmCounts, CohortCounts, Counted, DayCounts, Growth, GrowthConfig,
+    GrowthFigures, LATE_DAYS, RETENTION_DAYS,
 };
 pub use policy::{time_zone, Holdout, QuietHours};
 pub use profile::{

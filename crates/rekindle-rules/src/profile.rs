@@ -26,6 +26,10 @@ pub struct RuleMemory {
     /// When a trigger of this rule last went out (or would have, for a held-out user): the
     /// start of the rule's cooldown.
     pub last_sent_ms: Option<i64>,
+    /// The experiment (its tag) this user was counted in as triggered, and as reactivated;
+    /// 0: not counted. Each user counts once per experiment and arm.
+    pub exposed_in: u32,
+    pub reactivated_in: u32,
 }
 
 /// A trigger held back by quiet hours.

@@ -34,6 +34,7 @@ pub struct Rule {
     logic: Logic,
     /// Segment indices the rule is restricted to; empty: every user.
     segments: Vec<u8>,
+    experiment: Option<crate::Experiment>,
 }
 
 fn millis(d: Duration) -> i64 {
@@ -205,6 +206,10 @@ impl Rule {
             }
         };
         p.reject_unused()?;
+        let experiment = crate::Experiment::new(id, config.experiment.as_deref(), &config.arms)?;
+        if let Some(e) = &experiment {
+            canonical += &e.canonical();
+        }
         let cooldown_ms = config.cooldown.map_or(0, millis);
         canonical += &format!(
             "mode={:?};priority={};cooldown_ms={cooldown_ms};bucket_ms={}",
@@ -221,6 +226,7 @@ impl Rule {
             config_hash: format!("{:016x}", xxhash_rust::xxh3::xxh3_64(canonical.as_bytes())),
             logic,
             segments: Vec::new(),
+            experiment,
         })
     }
 
@@ -233,6 +239,11 @@ impl Rule {
         );
         self.config_hash = format!("{:016x}", xxhash_rust::xxh3::xxh3_64(restricted.as_bytes()));
         self.segments = segments;
+    }
+
+    /// The rule's experiment, if it declares arms.
+    pub fn experiment(&self) -> Option<&crate::Experiment> {
+        self.experiment.as_ref()
     }
 
     /// Segment indices the rule is restricted to; empty: every user.

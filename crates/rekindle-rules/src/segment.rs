@@ -1,4 +1,4 @@
-//! RFM segments: recency (whole days since the last activity), frequency (active buckets in
+//! RFM segments: recency (time since the last activity), frequency (active buckets in
 //! the lookback) and monetary value (sum of `amount` in the lookback), each scored 1 to 5
 //! with configured thresholds, and a table from scores to named segments (first match wins).
 //!
@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::error::invalid;
-use crate::{RulesError, UserProfile, Windows, DAY_MS};
+use crate::{RulesError, UserProfile, Windows};
 
 /// At most this many segments, so that counts fit a fixed array in the partition's meta.
 pub const MAX_SEGMENTS: usize = 16;
@@ -41,9 +41,9 @@ pub struct SegmentConfig {
     /// The window of frequency and monetary value, ending with the clock's bucket.
     #[serde(with = "humantime_serde")]
     pub lookback: Duration,
-    /// Recency score 5, 4, 3, 2: at most this many whole days since the last activity;
-    /// more than the last: 1.
-    pub recency_days: [u32; 4],
+    /// Recency score 5, 4, 3, 2 while the time since the last activity is less than these;
+    /// 1 beyond the last.
+    pub recency: [humantime_serde::Serde<Duration>; 4],
     /// Frequency score 2, 3, 4, 5: at least this many active buckets in the lookback.
     pub frequency: [u32; 4],
     /// Monetary score 2, 3, 4, 5: at least this sum of `amount` in the lookback.
@@ -63,7 +63,7 @@ impl Default for SegmentConfig {
         SegmentConfig {
             enabled: true,
             lookback: Duration::from_secs(30 * 86_400),
-            recency_days: [1, 3, 7, 14],
+            recency: [2, 4, 8, 15].map(|days| Duration::from_secs(days * 86_400).into()),
             frequency: [2, 4, 8, 15],
             monetary: [1.0, 20.0, 100.0, 500.0],
             map: vec![
@@ -93,7 +93,8 @@ pub struct Scores {
 pub struct Segments {
     windows: Windows,
     lookback: i64,
-    recency_days: [i64; 4],
+    /// Milliseconds of silence at which the recency score drops from 5, 4, 3 and 2.
+    recency_ms: [i64; 4],
     frequency: [u32; 4],
     monetary: [f64; 4],
     names: Vec<String>,
@@ -140,7 +141,13 @@ impl Segments {
                 "must not exceed state.retained_buckets buckets",
             ));
         }
-        ascending("segments.recency_days", &config.recency_days)?;
+        let recency_ms = config
+            .recency
+            .map(|d| i64::try_from(d.into_inner().as_millis()).unwrap_or(i64::MAX));
+        if recency_ms[0] <= 0 {
+            return Err(invalid("segments.recency", "durations must be positive"));
+        }
+        ascending("segments.recency", &recency_ms)?;
         ascending("segments.frequency", &config.frequency)?;
         ascending("segments.monetary", &config.monetary)?;
         if config.monetary.iter().any(|m| !m.is_finite()) {
@@ -197,8 +204,7 @@ impl Segments {
         }
         let hash = xxhash_rust::xxh3::xxh3_64(
             format!(
-                "{lookback} {:?} {:?} {:?} {names:?} {table:?} {}",
-                config.recency_days,
+                "{lookback} {recency_ms:?} {:?} {:?} {names:?} {table:?} {}",
                 config.frequency,
                 config.monetary,
                 windows.width_ms()
@@ -208,7 +214,7 @@ impl Segments {
         Ok(Some(Segments {
             windows,
             lookback,
-            recency_days: config.recency_days.map(i64::from),
+            recency_ms,
             frequency: config.frequency,
             monetary: config.monetary,
             names,
@@ -236,8 +242,12 @@ impl Segments {
         self.hash
     }
 
-    fn recency_score(&self, days: i64) -> u8 {
-        5 - self.recency_days.iter().take_while(|t| days > **t).count() as u8
+    fn recency_score(&self, silent_ms: i64) -> u8 {
+        5 - self
+            .recency_ms
+            .iter()
+            .take_while(|t| silent_ms >= **t)
+            .count() as u8
     }
 
     fn frequency_score(&self, active: u32) -> u8 {
@@ -262,10 +272,10 @@ impl Segments {
         if !profile.has_activity() {
             return None;
         }
-        let days = (now_ms - profile.last_active_ms).max(0).div_euclid(DAY_MS);
+        let silent = (now_ms - profile.last_active_ms).max(0);
         let (active, amount, _) = self.window(profile, now_ms);
         Some(Scores {
-            r: self.recency_score(days),
+            r: self.recency_score(silent),
             f: self.frequency_score(active),
             m: self.monetary_score(amount),
         })
@@ -288,8 +298,8 @@ impl Segments {
             .enumerate()
             .map(|(i, b)| ((b.index + self.lookback) * width, Some(from + i)))
             .collect();
-        for days in self.recency_days {
-            moments.push((profile.last_active_ms + (days + 1) * DAY_MS, None));
+        for silent in self.recency_ms {
+            moments.push((profile.last_active_ms.saturating_add(silent), None));
         }
         moments.retain(|(t, _)| *t > now_ms);
         moments.sort_unstable_by_key(|(t, _)| *t);
@@ -306,9 +316,9 @@ impl Segments {
                 at += 1;
             }
             let inside = profile.buckets.get(left_from..).unwrap_or_default();
-            let days = (time - profile.last_active_ms).max(0).div_euclid(DAY_MS);
+            let silent = (time - profile.last_active_ms).max(0);
             let scores = Scores {
-                r: self.recency_score(days),
+                r: self.recency_score(silent),
                 f: self.frequency_score(inside.len() as u32),
                 m: self.monetary_score(amount_of(inside)),
             };

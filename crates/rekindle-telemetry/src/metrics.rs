@@ -41,6 +41,7 @@ pub struct Metrics {
     pub growth_cohort_returned: IntGaugeVec,
     pub growth_uncounted: IntCounterVec,
     pub growth_segment_users: IntGaugeVec,
+    pub experiment_users: IntGaugeVec,
     pub audit_acked: IntCounter,
     pub triggers_acked: IntCounter,
     pub trigger_latency: Histogram,
@@ -80,6 +81,9 @@ pub struct PartitionSeries {
     pub cohort_returned: [[IntGauge; 2]; 3],
     /// Users per RFM segment, in the configured order.
     pub segment_users: Vec<IntGauge>,
+    /// Per configured (rule, arm), in the order given: users triggered (or held out) in the
+    /// arm, and of them reactivated.
+    pub arm_users: Vec<[IntGauge; 2]>,
 }
 
 /// `window` label values of the active-user gauge.
@@ -262,6 +266,11 @@ impl Metrics {
                 "Users per RFM segment in each owned partition, at the last commit; sum over partitions.",
                 &["partition", "segment"],
             )?,
+            experiment_users: b.gauge_vec(
+                "rekindle_experiment_users",
+                "Distinct users a rule triggered (or held out) in each arm of its experiment (outcome=triggered), and of them those back within the attribution window (outcome=reactivated), per owned partition, at the last commit; sum over partitions.",
+                &["partition", "rule", "arm", "outcome"],
+            )?,
             audit_acked: b.counter(
                 "rekindle_emit_audit_records_acked_total",
                 "Audit records acknowledged by the broker.",
@@ -348,12 +357,14 @@ impl Metrics {
 
     /// One partition's series, resolved once so that the per-record path does no label
     /// lookup.
-    /// `segments`: the configured segment names (none when segments are off).
+    /// `segments`: the configured segment names (none when segments are off); `arms`: the
+    /// (rule, arm) pairs of the configured experiments.
     pub fn partition_series(
         &self,
         topic: &str,
         partition: u32,
         segments: &[String],
+        arms: &[(String, String)],
     ) -> PartitionSeries {
         let label = partition.to_string();
         PartitionSeries {
@@ -379,6 +390,19 @@ impl Metrics {
                         .with_label_values(&[label.as_str(), day, span])
                 })
             }),
+            arm_users: arms
+                .iter()
+                .map(|(rule, arm)| {
+                    ["triggered", "reactivated"].map(|outcome| {
+                        self.experiment_users.with_label_values(&[
+                            label.as_str(),
+                            rule,
+                            arm,
+                            outcome,
+                        ])
+                    })
+                })
+                .collect(),
             segment_users: segments
                 .iter()
                 .map(|segment| {
@@ -397,8 +421,18 @@ impl Metrics {
 
     /// Drops a partition's per-partition gauges when it moves to another worker, so that
     /// sums over workers count each partition once.
-    pub fn forget_partition(&self, partition: u32, segments: &[String]) {
+    pub fn forget_partition(&self, partition: u32, segments: &[String], arms: &[(String, String)]) {
         let label = partition.to_string();
+        for (rule, arm) in arms {
+            for outcome in ["triggered", "reactivated"] {
+                let _ = self.experiment_users.remove_label_values(&[
+                    label.as_str(),
+                    rule,
+                    arm,
+                    outcome,
+                ]);
+            }
+        }
         for segment in segments {
             let _ = self
                 .growth_segment_users

@@ -50,8 +50,9 @@ enum Command {
     /// Print one user's state, stage, pending timers and recent decisions from a state
     /// directory (read-only; safe beside a running worker).
     Inspect(inspect::InspectArgs),
-    /// Print growth figures (active users, retention cohorts) from a state directory, or
-    /// from the engine run over a replay file with --input; --format json for machines.
+    /// Print growth figures (active users, retention cohorts, segments, experiment lift)
+    /// from a state directory, or from the engine run over a replay file with --input;
+    /// --format json for machines.
     Report(report::ReportArgs),
 }
 

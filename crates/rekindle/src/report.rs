@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
-use rekindle_rules::{day_label, CohortCounts, DayCounts, Growth, Segments, RETENTION_DAYS};
+use rekindle_rules::{
+    day_label, lift, ArmCounts, CohortCounts, DayCounts, Growth, RuleBook, Segments, RETENTION_DAYS,
+};
 use rekindle_state::Store;
 use serde::Serialize;
 
@@ -22,6 +24,9 @@ enum Report {
     Retention,
     /// Users per RFM segment.
     Segments,
+    /// Per rule with an experiment and per arm: users triggered, users reactivated, the
+    /// rate, and its lift over the holdout arm with a 95 % confidence interval.
+    Lift,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -81,12 +86,32 @@ struct SegmentLine<'a> {
     users: i64,
 }
 
+/// One line of `report lift --format json`.
+#[derive(Serialize)]
+struct LiftLine<'a> {
+    rule: &'a str,
+    experiment: &'a str,
+    arm: &'a str,
+    holdout: bool,
+    users: u64,
+    reactivated: u64,
+    rate: Option<f64>,
+    /// The arm's rate minus the holdout arm's, with its 95 % confidence interval; `None`
+    /// for the holdout arm itself and where either arm has no users.
+    lift: Option<f64>,
+    ci_low: Option<f64>,
+    ci_high: Option<f64>,
+    significant: Option<bool>,
+}
+
 /// The figures of every partition of a store, added up.
 struct Totals {
     days: BTreeMap<i64, DayCounts>,
     cohorts: BTreeMap<i64, CohortCounts>,
     /// Users per segment, in the configured order; `None` when segments are off.
     segments: Option<Vec<(String, i64)>>,
+    /// Per (rule, experiment, arm).
+    arms: BTreeMap<(String, String, String), ArmCounts>,
     /// The last day every partition's clock has passed; `None`: no partition has a clock.
     last_complete: Option<i64>,
 }
@@ -94,6 +119,10 @@ struct Totals {
 pub fn report(settings: &Settings, args: &ReportArgs) -> anyhow::Result<()> {
     let rules = settings.rule_book()?;
     let segments = rules.segments();
+    if matches!(args.report, Report::Lift) && rules.rules().iter().all(|r| r.experiment().is_none())
+    {
+        bail!("no rule declares arms: there is no experiment to report");
+    }
     let growth = settings.growth()?;
     match (args.report, &growth, segments) {
         (Report::Segments, _, None) => {
@@ -121,6 +150,7 @@ pub fn report(settings: &Settings, args: &ReportArgs) -> anyhow::Result<()> {
         Report::Active => active(&mut out, &totals, args.format)?,
         Report::Retention => retention(&mut out, &totals, args.format)?,
         Report::Segments => segment_counts(&mut out, &totals, args.format)?,
+        Report::Lift => lift_report(&mut out, &totals, &rules, args.format)?,
     }
     out.flush()?;
     Ok(())
@@ -137,6 +167,7 @@ fn totals(
         days: BTreeMap::new(),
         cohorts: BTreeMap::new(),
         segments: segments.map(|s| s.names().iter().map(|n| (n.clone(), 0)).collect()),
+        arms: BTreeMap::new(),
         last_complete: None,
     };
     for partition in store.partitions()? {
@@ -153,10 +184,13 @@ fn totals(
                 *total += users;
             }
         }
+        let figures = store.growth(partition)?;
+        for (key, counts) in figures.experiments() {
+            totals.arms.entry(key.clone()).or_default().add(counts);
+        }
         let Some(growth) = growth else {
             continue;
         };
-        let figures = store.growth(partition)?;
         if !figures.timezone.is_empty() && figures.timezone != growth.timezone() {
             bail!(
                 "partition {partition}: figures were counted in {:?}, analytics.timezone is {:?}",
@@ -205,6 +239,98 @@ fn segment_counts(out: &mut impl Write, totals: &Totals, format: Format) -> anyh
                     "-".into()
                 };
                 writeln!(out, "{segment:<16} {users:>10} {share:>8}")?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn lift_report(
+    out: &mut impl Write,
+    totals: &Totals,
+    rules: &RuleBook,
+    format: Format,
+) -> anyhow::Result<()> {
+    if let Format::Table = format {
+        writeln!(
+            out,
+            "{:<22} {:<16} {:>8} {:>11} {:>7} {:>8}  {:<19} verdict",
+            "rule", "arm", "users", "reactivated", "rate", "lift", "95% interval"
+        )?;
+    }
+    let mut ordered: Vec<_> = rules
+        .rules()
+        .iter()
+        .filter_map(|r| Some((r.id(), r.experiment()?)))
+        .collect();
+    ordered.sort_by_key(|(id, _)| *id);
+    for (rule, experiment) in ordered {
+        let counts = |arm: &str| {
+            let key = (
+                rule.to_string(),
+                experiment.id().to_string(),
+                arm.to_string(),
+            );
+            totals.arms.get(&key).copied().unwrap_or_default()
+        };
+        let control = experiment
+            .arms()
+            .iter()
+            .find(|a| a.holdout)
+            .map(|a| counts(&a.name));
+        for arm in experiment.arms() {
+            let c = counts(&arm.name);
+            let rate = (c.users > 0).then(|| c.reactivated as f64 / c.users as f64);
+            let compared = match (arm.holdout, control) {
+                (false, Some(h)) => lift((c.users, c.reactivated), (h.users, h.reactivated)),
+                _ => None,
+            };
+            match format {
+                Format::Json => {
+                    let line = LiftLine {
+                        rule,
+                        experiment: experiment.id(),
+                        arm: &arm.name,
+                        holdout: arm.holdout,
+                        users: c.users,
+                        reactivated: c.reactivated,
+                        rate,
+                        lift: compared.map(|l| l.lift),
+                        ci_low: compared.map(|l| l.low),
+                        ci_high: compared.map(|l| l.high),
+                        significant: compared.map(|l| l.significant()),
+                    };
+                    serde_json::to_writer(&mut *out, &line)?;
+                    writeln!(out)?;
+                }
+                Format::Table => {
+                    let points = |x: f64| format!("{:+.1}pp", 100.0 * x);
+                    let (lift_text, interval, verdict) = match (arm.holdout, control, compared) {
+                        (true, _, _) => ("-".into(), String::new(), "holdout (the reference)"),
+                        (false, None, _) => ("-".into(), String::new(), "no holdout arm"),
+                        (false, Some(_), None) => ("-".into(), String::new(), "no users yet"),
+                        (false, Some(_), Some(l)) => (
+                            points(l.lift),
+                            format!("[{}, {}]", points(l.low), points(l.high)),
+                            if l.significant() {
+                                "significant"
+                            } else {
+                                "not significant"
+                            },
+                        ),
+                    };
+                    writeln!(
+                        out,
+                        "{:<22} {:<16} {:>8} {:>11} {:>7} {:>8}  {:<19} {verdict}",
+                        rule,
+                        arm.name,
+                        c.users,
+                        c.reactivated,
+                        rate.map_or("-".into(), |r| format!("{:.1}%", 100.0 * r)),
+                        lift_text,
+                        interval,
+                    )?;
+                }
             }
         }
     }

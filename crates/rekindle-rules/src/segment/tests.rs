@@ -1,7 +1,7 @@
 use proptest::prelude::*;
 
 use super::*;
-use crate::{Bucket, WindowConfig};
+use crate::{Bucket, WindowConfig, DAY_MS};
 
 fn segments() -> Segments {
     let windows = Windows::new(&WindowConfig::default()).expect("windows");
@@ -85,7 +85,7 @@ fn the_hash_changes_with_what_decides_a_segment() {
     let windows = Windows::new(&WindowConfig::default()).expect("windows");
     let base = segments().config_hash();
     let config = SegmentConfig {
-        recency_days: [1, 3, 7, 21],
+        recency: [2, 4, 8, 22].map(|days| Duration::from_secs(days * 86_400).into()),
         ..SegmentConfig::default()
     };
     let other = Segments::new(&config, windows).expect("valid").expect("on");
@@ -109,6 +109,7 @@ proptest! {
         let p = profile(&days, last_active);
         let now = last_active + now_offset;
         let current = s.segment_at(&p, now);
+        // Recency thresholds are whole days by default: every day after the last activity.
         let mut boundaries: Vec<i64> = (0..70)
             .flat_map(|k| [(now.div_euclid(DAY_MS) + k) * DAY_MS, last_active + k * DAY_MS])
             .filter(|t| *t > now)
