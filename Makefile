@@ -18,7 +18,7 @@ build: setup
 test: build
 	cargo fmt --all -- --check
 	cd deploy/prometheus && promtool check rules alerts.yaml && promtool test rules alerts_test.yaml
-	cargo bench --locked --bench micro --bench engine_scale --no-run
+	cargo bench --locked --bench micro --bench engine_scale --bench end_to_end --no-run
 	cargo test --release --locked --workspace -- --skip killed_and_restarted_worker_loses_no_trigger --skip a_30_second_broker_outage_loses_nothing --skip a_killed_worker_and_an_empty_joiner --skip transactions_deliver_every_trigger --skip without_transactions_the_same_crashes
 	deploy/long-tests.sh
 	python3 deploy/helm/check_chart.py --chart helm/rekindle --binary $(BIN) --invalid tests/fixtures/helm --dockerfile Dockerfile
@@ -26,10 +26,12 @@ test: build
 
 ## Benchmarks: criterion micro-benchmarks of the hot path (decode, rules, state, timers, the
 ## engine per record), then the engine at 100k, 1M and 10M users (events/s, peak RSS, state
-## bytes per user), same release build. Figures and how to read them: docs/performance.md.
+## bytes per user), then end to end on a tansu broker (the worker against a raw consumer of
+## the same topic, and trigger latency), same release build. Figures: docs/performance.md.
 bench: build
 	cargo bench --locked --bench micro
 	cargo bench --locked --bench engine_scale
+	cargo bench --locked --bench end_to_end
 
 ## The demo: local broker, live synthetic activity, the worker, triggers printed.
 demo: build

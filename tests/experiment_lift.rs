@@ -16,8 +16,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use rekindle_events::ActivityEvent;
-use support::worker::run_rekindle;
-use support::DAY;
+use support::worker::rekindle_json;
+use support::{Rng, DAY};
 
 const USERS: u64 = 30_000;
 /// 2026-01-01T00:00:00Z
@@ -42,25 +42,6 @@ mode = "off"
 [policy.frequency_cap]
 max_triggers = 0
 "#;
-
-/// splitmix64: deterministic, no seed plumbing.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 fn event(user: &str, ts: i64, serial: &mut u64) -> ActivityEvent {
     *serial += 1;
@@ -112,19 +93,7 @@ fn write_replay_file(path: &Path, events: &[ActivityEvent]) {
 }
 
 fn rekindle(config: &Path, args: &[&str]) -> Vec<serde_json::Value> {
-    let config = config.display().to_string();
-    let mut all = vec!["--config", config.as_str()];
-    all.extend_from_slice(args);
-    let output = run_rekindle(&all);
-    assert!(
-        output.status.success(),
-        "rekindle {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("JSON lines"))
-        .collect()
+    rekindle_json(Some(config), args)
 }
 
 /// The first trigger decided per user: (arm, fired at), read from triggers and audit

@@ -22,9 +22,9 @@ use rekindle_events::ActivityEvent;
 use support::broker::{create_topic, produce, produce_ticks, Batching, Broker};
 use support::histories::{avro_payloads, write_replay_file};
 use support::worker::{
-    http_get, run_rekindle, try_http_get, write_config_with, Worker, WorkerOptions, DEAD_LETTERS,
+    http_get, rekindle_json, try_http_get, write_config_with, Worker, WorkerOptions, DEAD_LETTERS,
 };
-use support::{now_ms, DAY};
+use support::{now_ms, Rng, DAY};
 
 const USERS: u64 = 50_000;
 const DAYS: i64 = 90;
@@ -35,25 +35,6 @@ const ANALYTICS: &str = r#"
 [analytics]
 timezone = "Asia/Kolkata"
 "#;
-
-/// A small deterministic generator (splitmix64), so the history needs no seed plumbing.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 /// The history, in the order it is produced: time order, except that about one event in
 /// fifty arrives one to three days late.
@@ -200,26 +181,9 @@ impl Recount {
 
 /// `rekindle --config CONFIG report REPORT --format json ARGS...`, parsed.
 fn report(config: &Path, report: &str, args: &[&str]) -> Vec<serde_json::Value> {
-    let config = config.display().to_string();
-    let mut all = vec![
-        "--config",
-        config.as_str(),
-        "report",
-        report,
-        "--format",
-        "json",
-    ];
+    let mut all = vec!["report", report, "--format", "json"];
     all.extend_from_slice(args);
-    let output = run_rekindle(&all);
-    assert!(
-        output.status.success(),
-        "report {report} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("report prints JSON lines"))
-        .collect()
+    rekindle_json(Some(config), &all)
 }
 
 /// Only the fields the recount knows (the report adds rolling retention).

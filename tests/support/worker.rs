@@ -255,23 +255,37 @@ pub fn log_lines(log: &Path, message: &str) -> Vec<serde_json::Value> {
 
 /// `rekindle [--config CONFIG] replay --input INPUT --until-ms UNTIL`: its triggers as JSON.
 pub fn replay(config: Option<&Path>, input: &Path, until_ms: i64) -> Vec<serde_json::Value> {
-    let mut args: Vec<String> = Vec::new();
-    if let Some(config) = config {
-        args.extend(["--config".to_string(), config.display().to_string()]);
+    let input = input.display().to_string();
+    let until = until_ms.to_string();
+    rekindle_json(
+        config,
+        &[
+            "replay",
+            "--input",
+            input.as_str(),
+            "--until-ms",
+            until.as_str(),
+        ],
+    )
+}
+
+/// `rekindle [--config CONFIG] ARGS...`, which must succeed and print JSON lines, parsed.
+pub fn rekindle_json(config: Option<&Path>, args: &[&str]) -> Vec<serde_json::Value> {
+    let config = config.map(|c| c.display().to_string());
+    let mut all: Vec<&str> = Vec::new();
+    if let Some(config) = &config {
+        all.extend(["--config", config.as_str()]);
     }
-    args.extend(["replay", "--input"].map(String::from));
-    args.push(input.display().to_string());
-    args.extend(["--until-ms".to_string(), until_ms.to_string()]);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let output = run_rekindle(&args);
+    all.extend_from_slice(args);
+    let output = run_rekindle(&all);
     assert!(
         output.status.success(),
-        "replay failed: {}",
+        "rekindle {args:?} failed: {}",
         String::from_utf8_lossy(&output.stderr)
     );
     String::from_utf8_lossy(&output.stdout)
         .lines()
-        .map(|l| serde_json::from_str(l).expect("replay prints JSON lines"))
+        .map(|l| serde_json::from_str(l).expect("rekindle prints JSON lines"))
         .collect()
 }
 

@@ -230,8 +230,13 @@ impl AuditDecoder {
 }
 
 /// Encodes an event as the activity schema describes it: used by `rekindle gen` and tests.
+/// The parsed `activity_event.avsc`.
+pub(crate) fn activity_schema() -> Result<&'static Schema, EventError> {
+    embedded(&ACTIVITY_SCHEMA, "activity_event", ACTIVITY_SCHEMA_JSON)
+}
+
 pub fn encode_event(event: &ActivityEvent, schema_id: Option<u32>) -> Result<Vec<u8>, EventError> {
-    let schema = embedded(&ACTIVITY_SCHEMA, "activity_event", ACTIVITY_SCHEMA_JSON)?;
+    let schema = activity_schema()?;
     let writer = GenericDatumWriter::builder(schema)
         .build()
         .map_err(|e| EventError::Encode(e.to_string()))?;
@@ -358,9 +363,9 @@ mod tests {
         assert_eq!(back, trigger);
     }
 
-    #[test]
-    fn audit_records_round_trip_with_and_without_a_release_time() {
-        let trigger = ReactivationTrigger {
+    /// A dormant_30d trigger with every field set.
+    fn dormant_trigger() -> ReactivationTrigger {
+        ReactivationTrigger {
             trigger_id: "t".into(),
             user_id: "u".into(),
             rule_id: "dormant_30d".into(),
@@ -371,9 +376,14 @@ mod tests {
             features: BTreeMap::from([("inactive_days".to_string(), 30.0)]),
             schema_version: crate::TRIGGER_SCHEMA_VERSION,
             rule_config_hash: "abc".into(),
-            segment: String::new(),
-            arm: String::new(),
-        };
+            segment: "loyal".into(),
+            arm: "coupon".into(),
+        }
+    }
+
+    #[test]
+    fn audit_records_round_trip_with_and_without_a_release_time() {
+        let trigger = dormant_trigger();
         let encoder = AuditEncoder::new(None).expect("encoder");
         let decoder = AuditDecoder::new().expect("decoder");
         for release_at_ms in [None, Some(1_700_000_000_000)] {
@@ -472,20 +482,7 @@ mod tests {
     /// new readers, so a delivery service that has not upgraded keeps working.
     #[test]
     fn schema_generations_read_each_other() {
-        let trigger = ReactivationTrigger {
-            trigger_id: "t".into(),
-            user_id: "u".into(),
-            rule_id: "dormant_30d".into(),
-            fired_at_ms: 3,
-            due_at_ms: 2,
-            last_active_ms: 1,
-            lifecycle_stage: "dormant".into(),
-            features: BTreeMap::from([("inactive_days".to_string(), 30.0)]),
-            schema_version: crate::TRIGGER_SCHEMA_VERSION,
-            rule_config_hash: "abc".into(),
-            segment: "loyal".into(),
-            arm: "coupon".into(),
-        };
+        let trigger = dormant_trigger();
         let audit = AuditRecord {
             trigger: trigger.clone(),
             decision: "suppressed".into(),

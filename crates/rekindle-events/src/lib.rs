@@ -10,6 +10,7 @@
 
 mod activity;
 mod codec;
+mod container;
 mod error;
 mod replay_line;
 mod trigger;
@@ -19,6 +20,7 @@ pub use codec::{
     encode_event, AuditDecoder, AuditEncoder, EventDecoder, TriggerDecoder, TriggerEncoder,
     ACTIVITY_SCHEMA_JSON, AUDIT_SCHEMA_JSON, TRIGGER_SCHEMA_JSON,
 };
+pub use container::ContainerWriter;
 pub use error::EventError;
 pub use replay_line::ReplayLine;
 pub use trigger::{AuditRecord, ReactivationTrigger, TRIGGER_SCHEMA_VERSION};

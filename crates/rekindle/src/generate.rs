@@ -12,7 +12,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use rekindle_events::{encode_event, ActivityEvent};
+use rekindle_events::{encode_event, ActivityEvent, ContainerWriter};
 use rekindle_kafka::{admin, Outgoing, Sink};
 use tracing::info;
 
@@ -49,9 +49,17 @@ pub struct GenArgs {
     /// End of the history in ms since the epoch; now by default.
     #[arg(long)]
     end_ms: Option<i64>,
-    /// Write JSON lines (the replay format) to this file instead of producing to Kafka.
+    /// Write to this file instead of producing to Kafka.
     #[arg(long)]
     output: Option<PathBuf>,
+    /// With --output: `jsonl` (JSON lines, the replay format) or `avro` (an Avro object
+    /// container file with activity_event.avsc in its header).
+    #[arg(long, value_enum, default_value = "jsonl", requires = "output")]
+    file_format: FileFormat,
+    /// Producing history to a topic: at most this many events per second (default: as
+    /// fast as the broker acknowledges them).
+    #[arg(long, conflicts_with_all = ["output", "live"])]
+    rate: Option<f64>,
     /// Topic to produce Avro records to; the configured activity topic by default.
     #[arg(long)]
     topic: Option<String>,
@@ -69,6 +77,12 @@ pub struct GenArgs {
     /// to see dead-lettering at work.
     #[arg(long)]
     malformed_every: Option<usize>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum FileFormat {
+    Jsonl,
+    Avro,
 }
 
 /// One simulated user's habits.
@@ -176,6 +190,9 @@ pub fn generate(settings: &Settings, args: &GenArgs) -> anyhow::Result<()> {
     if args.users == 0 || args.days == 0 {
         bail!("--users and --days must be positive");
     }
+    if args.rate.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
+        bail!("--rate must be a positive number of events per second");
+    }
     let mut rng = StdRng::seed_from_u64(args.seed);
     let personas: Vec<Persona> = (0..args.users)
         .map(|i| Persona::new(&mut rng, i, args.days, args.lapse_fraction))
@@ -199,9 +216,10 @@ pub fn generate(settings: &Settings, args: &GenArgs) -> anyhow::Result<()> {
     events.retain(|e| e.timestamp_ms < end);
     // Time order across users, so every partition's log is in time order too.
     events.sort_by(|a, b| (a.timestamp_ms, &a.event_id).cmp(&(b.timestamp_ms, &b.event_id)));
-    match &args.output {
-        Some(path) => write_json_lines(path, &events),
-        None => wiring::runtime()?.block_on(produce(settings, args, &events)),
+    match (&args.output, args.file_format) {
+        (Some(path), FileFormat::Jsonl) => write_json_lines(path, &events),
+        (Some(path), FileFormat::Avro) => write_avro(path, &events),
+        (None, _) => wiring::runtime()?.block_on(produce(settings, args, &events)),
     }
 }
 
@@ -214,6 +232,19 @@ fn write_json_lines(path: &PathBuf, events: &[ActivityEvent]) -> anyhow::Result<
     }
     out.flush()?;
     info!(events = events.len(), path = %path.display(), "history written");
+    Ok(())
+}
+
+fn write_avro(path: &PathBuf, events: &[ActivityEvent]) -> anyhow::Result<()> {
+    let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let mut out = ContainerWriter::new(BufWriter::new(file))?;
+    for e in events {
+        out.append(e)?;
+    }
+    out.finish()?
+        .flush()
+        .with_context(|| format!("writing {}", path.display()))?;
+    info!(events = events.len(), path = %path.display(), "history written as an Avro container file");
     Ok(())
 }
 
@@ -240,10 +271,30 @@ async fn produce(
 ) -> anyhow::Result<()> {
     let (topic, sink) = open_topic(settings, args).await?;
     let mut sent = 0;
-    for chunk in events.chunks(PRODUCE_BATCH) {
+    // At a target rate, small batches sent on schedule: a tenth of a second's worth each.
+    let batch = args.rate.map_or(PRODUCE_BATCH, |rate| {
+        ((rate / 10.0).ceil() as usize).clamp(1, PRODUCE_BATCH)
+    });
+    let started = std::time::Instant::now();
+    let mut produced = 0usize;
+    for chunk in events.chunks(batch) {
+        if let Some(rate) = args.rate {
+            let due = Duration::from_secs_f64(produced as f64 / rate);
+            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                tokio::time::sleep(wait).await;
+            }
+        }
         send(&sink, &topic, chunk, args, &mut sent).await?;
+        produced += chunk.len();
     }
-    info!(events = events.len(), topic = %topic, "history produced");
+    let seconds = started.elapsed().as_secs_f64();
+    info!(
+        events = events.len(),
+        topic = %topic,
+        seconds,
+        events_per_second = events.len() as f64 / seconds.max(1e-9),
+        "history produced"
+    );
     Ok(())
 }
 
