@@ -160,7 +160,16 @@ fn a_killed_worker_and_an_empty_joiner_give_the_same_triggers_and_state_as_repla
     });
     reader.read_for(Duration::from_secs(3));
     for worker in running {
-        assert!(worker.stop().success(), "workers exit 0");
+        let log = worker.log();
+        let status = worker.stop();
+        if !status.success() {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(15).collect();
+            panic!(
+                "a worker exited with {status}; the end of its log:\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
     }
     let delivered = ids(&reader);
     eprintln!(

@@ -178,10 +178,16 @@ impl Engine {
     fn partition(&mut self, partition: u32) -> Result<&mut PartitionState, EngineError> {
         if !self.partitions.contains_key(&partition) {
             let mut state = PartitionState::open(&self.store, partition)?;
-            if let Some(segments) = self.config.rules.segments() {
-                if state.meta().segment_hash != segments.config_hash() {
+            match self.config.rules.segments() {
+                Some(segments) if state.meta().segment_hash != segments.config_hash() => {
                     resegment(&mut state, &self.config.rules, segments)?;
                 }
+                Some(_) => {}
+                // Segments go stale while off: a later start with them on recomputes them.
+                None if state.meta().segment_hash != 0 => {
+                    state.set_segment_counts([0; MAX_SEGMENTS], 0);
+                }
+                None => {}
             }
             if let Some(growth) = &self.config.growth {
                 let stored = state.growth().timezone.as_str();

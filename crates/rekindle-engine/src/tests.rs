@@ -682,4 +682,41 @@ fn segment_counts_stay_exact_as_time_passes_and_after_a_configuration_change() {
             .segment_hash,
         segments.config_hash()
     );
+    drop(e);
+
+    // Back to the default map, then segments off for a while: the stored ones go stale, so
+    // the next start with them on must recompute them although its configuration is the
+    // one they were last counted under.
+    let mut e = engine_with_segments(
+        dir.path(),
+        rekindle_rules::SegmentConfig::default(),
+        Metrics::new().expect("metrics"),
+    );
+    e.open_partition(0).expect("open");
+    drop(e);
+    let off = rekindle_rules::SegmentConfig {
+        enabled: false,
+        ..rekindle_rules::SegmentConfig::default()
+    };
+    let mut e = engine_with_segments(dir.path(), off, Metrics::new().expect("metrics"));
+    let next = e.open_partition(0).expect("open").expect("stored position");
+    let mut f = Feed::new(&mut e);
+    f.next = next;
+    f.tick(T0 + 90 * DAY);
+    f.engine.commit(&[]).expect("commit");
+    let meta = e.store().meta(0).expect("meta").expect("stored");
+    assert_eq!(meta.segment_hash, 0, "unknown while segments are off");
+    drop(e);
+    let mut e = engine_with_segments(
+        dir.path(),
+        rekindle_rules::SegmentConfig::default(),
+        Metrics::new().expect("metrics"),
+    );
+    let segments = e.rules().segments().expect("on").clone();
+    e.open_partition(0).expect("open");
+    assert_eq!(
+        stored_segment_counts(&e, segments.names().len()),
+        recounted_segments(&e, &segments),
+        "recomputed at a clock 30 days on"
+    );
 }
