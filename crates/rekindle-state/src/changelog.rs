@@ -15,6 +15,7 @@
 use rekindle_rules::{GrowthFigures, UserProfile};
 use serde::{Deserialize, Serialize};
 
+use crate::error::encode;
 use crate::StateError;
 
 /// Bumped with the profile layout (the state's format version follows it).
@@ -69,30 +70,26 @@ pub(crate) fn tombstone(user_id: &str) -> ChangelogRecord {
     ChangelogRecord { key, value: None }
 }
 
-pub(crate) fn growth_record(figures: &GrowthFigures) -> Result<ChangelogRecord, StateError> {
-    let mut value = vec![CHANGELOG_VERSION];
-    let encoded = postcard::to_allocvec(figures).map_err(|e| StateError::Encode {
-        what: "changelog growth figures",
-        reason: e.to_string(),
-    })?;
-    value.extend_from_slice(&encoded);
+/// A partition-wide record (no user key): the version byte, then the encoded value.
+fn partition_record<T: Serialize>(
+    key: &[u8],
+    what: &'static str,
+    value: &T,
+) -> Result<ChangelogRecord, StateError> {
+    let mut bytes = vec![CHANGELOG_VERSION];
+    bytes.extend_from_slice(&encode(what, value)?);
     Ok(ChangelogRecord {
-        key: GROWTH_KEY.to_vec(),
-        value: Some(value),
+        key: key.to_vec(),
+        value: Some(bytes),
     })
 }
 
+pub(crate) fn growth_record(figures: &GrowthFigures) -> Result<ChangelogRecord, StateError> {
+    partition_record(GROWTH_KEY, "changelog growth figures", figures)
+}
+
 pub(crate) fn meta_record(meta: ChangelogMeta) -> Result<ChangelogRecord, StateError> {
-    let mut value = vec![CHANGELOG_VERSION];
-    let encoded = postcard::to_allocvec(&meta).map_err(|e| StateError::Encode {
-        what: "changelog meta",
-        reason: e.to_string(),
-    })?;
-    value.extend_from_slice(&encoded);
-    Ok(ChangelogRecord {
-        key: META_KEY.to_vec(),
-        value: Some(value),
-    })
+    partition_record(META_KEY, "changelog meta", &meta)
 }
 
 /// Decodes one changelog record of `partition` (named in errors).

@@ -17,3 +17,14 @@ pub enum StateError {
     #[error("cannot encode {what}: {reason}")]
     Encode { what: &'static str, reason: String },
 }
+
+/// A value in the state's binary layout (postcard); `what` names it in the error.
+pub(crate) fn encode<T: serde::Serialize + ?Sized>(
+    what: &'static str,
+    value: &T,
+) -> Result<Vec<u8>, StateError> {
+    postcard::to_allocvec(value).map_err(|e| StateError::Encode {
+        what,
+        reason: e.to_string(),
+    })
+}

@@ -6,6 +6,7 @@ use rocksdb::WriteBatch;
 use crate::changelog::{
     growth_record, meta_record, profile_record, tombstone, ChangelogMeta, ChangelogRecord,
 };
+use crate::error::encode;
 use crate::keys::{growth_key, partition_prefix, profile_key, timer_key};
 use crate::store::{OpenPartition, CF_META, CF_PROFILES, CF_TIMERS};
 use crate::{PartitionMeta, StateError, Store};
@@ -74,6 +75,16 @@ impl TimerWindow {
         };
         self.entries.split_off(&(cut, String::new()));
         self.through = Some(cut.saturating_sub(1));
+    }
+}
+
+/// One user moved from slot `from` to slot `to` of a count (`None`: counted in neither).
+fn move_count(slots: &mut [i64], from: Option<usize>, to: Option<usize>) {
+    if let Some(slot) = from.and_then(|i| slots.get_mut(i)) {
+        *slot = slot.saturating_sub(1);
+    }
+    if let Some(slot) = to.and_then(|i| slots.get_mut(i)) {
+        *slot = slot.saturating_add(1);
     }
 }
 
@@ -180,12 +191,7 @@ impl PartitionState {
     /// Applies a lifecycle stage change to the partition's per-stage user counts.
     pub fn count_stage_change(&mut self, from: Option<usize>, to: Option<usize>) {
         self.meta_dirty = true;
-        if let Some(slot) = from.and_then(|i| self.meta.stage_users.get_mut(i)) {
-            *slot = slot.saturating_sub(1);
-        }
-        if let Some(slot) = to.and_then(|i| self.meta.stage_users.get_mut(i)) {
-            *slot = slot.saturating_add(1);
-        }
+        move_count(&mut self.meta.stage_users, from, to);
     }
 
     pub fn growth(&self) -> &GrowthFigures {
@@ -217,12 +223,7 @@ impl PartitionState {
     /// Applies an RFM segment change to the partition's per-segment user counts.
     pub fn count_segment_change(&mut self, from: Option<usize>, to: Option<usize>) {
         self.meta_dirty = true;
-        if let Some(slot) = from.and_then(|i| self.meta.segment_users.get_mut(i)) {
-            *slot = slot.saturating_sub(1);
-        }
-        if let Some(slot) = to.and_then(|i| self.meta.segment_users.get_mut(i)) {
-            *slot = slot.saturating_add(1);
-        }
+        move_count(&mut self.meta.segment_users, from, to);
     }
 
     /// Replaces the per-segment counts and the configuration they were counted under (after
@@ -424,12 +425,7 @@ impl PartitionState {
                 let Some(entry) = self.cache.get(user).filter(|e| e.dirty) else {
                     continue;
                 };
-                let value =
-                    postcard::to_allocvec(&entry.profile).map_err(|e| StateError::Encode {
-                        what: "profile",
-                        reason: e.to_string(),
-                    })?;
-                encoded.push((user.clone(), value));
+                encoded.push((user.clone(), encode("profile", &entry.profile)?));
             }
             self.encoded = Some(encoded);
         }
@@ -486,17 +482,11 @@ impl PartitionState {
             batch.put_cf(timers_cf, timer_key(self.partition, *due, user), []);
         }
         if self.has_meta {
-            let meta = postcard::to_allocvec(&self.meta).map_err(|e| StateError::Encode {
-                what: "partition meta",
-                reason: e.to_string(),
-            })?;
+            let meta = encode("partition meta", &self.meta)?;
             batch.put_cf(meta_cf, partition_prefix(self.partition), meta);
         }
         if self.growth_dirty {
-            let growth = postcard::to_allocvec(&self.growth).map_err(|e| StateError::Encode {
-                what: "growth figures",
-                reason: e.to_string(),
-            })?;
+            let growth = encode("growth figures", &self.growth)?;
             batch.put_cf(meta_cf, growth_key(self.partition), growth);
         }
         self.store.db().write(batch)?;

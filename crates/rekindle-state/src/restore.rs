@@ -4,6 +4,7 @@ use rekindle_rules::MAX_SEGMENTS;
 use rocksdb::WriteBatch;
 
 use crate::changelog::{decode_entry, ChangelogEntry, ChangelogMeta};
+use crate::error::encode;
 use crate::keys::{growth_key, partition_prefix, profile_key, timer_key};
 use crate::store::{CF_META, CF_PROFILES, CF_TIMERS};
 use crate::{PartitionMeta, StateError, Store};
@@ -159,10 +160,7 @@ impl Restore<'_> {
     }
 
     fn put_meta(&self, meta: &PartitionMeta) -> Result<(), StateError> {
-        let value = postcard::to_allocvec(meta).map_err(|e| StateError::Encode {
-            what: "partition meta",
-            reason: e.to_string(),
-        })?;
+        let value = encode("partition meta", meta)?;
         self.store.db().put_cf(
             self.store.cf(CF_META)?,
             partition_prefix(self.partition),
