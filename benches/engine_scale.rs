@@ -232,7 +232,7 @@ fn run_point(users: u64, events: u64, file: &Path, state: &Path, analytics: bool
         };
         engine.process(record, &mut out).expect("process");
         processed += 1;
-        if processed % BATCH as u64 == 0 {
+        if processed.is_multiple_of(BATCH as u64) {
             engine.commit(&[]).expect("commit");
             triggers += out.triggers.len() as u64;
             out.clear();

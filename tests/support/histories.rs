@@ -100,13 +100,13 @@ pub fn scripted(users: usize, t0: i64, seed: u64) -> Vec<ActivityEvent> {
             events.push(ActivityEvent {
                 event_id: format!("e{serial:08}"),
                 user_id: user.clone(),
-                event_type: if serial % 3 == 0 {
+                event_type: if serial.is_multiple_of(3) {
                     "session_end".into()
                 } else {
                     "app_open".into()
                 },
                 timestamp_ms: t,
-                session_seconds: if serial % 3 == 0 { 120 } else { 0 },
+                session_seconds: if serial.is_multiple_of(3) { 120 } else { 0 },
                 amount: 0.0,
                 timezone: None,
                 attributes: BTreeMap::new(),
@@ -131,7 +131,7 @@ pub fn expected(events: &[ActivityEvent], until_ms: i64) -> BTreeSet<(String, i6
         times.sort_unstable();
         for (i, &t) in times.iter().enumerate() {
             let next = times[i + 1..].iter().copied().find(|&n| n > t);
-            if times[i + 1..].iter().any(|&n| n == t) {
+            if times[i + 1..].contains(&t) {
                 continue; // the episode starts at the last of equal times; same thing.
             }
             let day = t.div_euclid(DAY);

@@ -156,6 +156,7 @@ impl ConsumerContext for SourceContext {
                     owned.extend(partitions.iter().copied());
                 }
                 info!(
+                    ?partitions,
                     ?resume_at,
                     "partitions assigned (offsets from state; None: group offset)"
                 );
