@@ -99,6 +99,7 @@ listen = "127.0.0.1:{port}"
         std::thread::sleep(Duration::from_millis(100));
     }
     let worker_seconds = started.elapsed().as_secs_f64();
+    let phases = phase_seconds(&config);
 
     let latencies = trigger_latency(&broker.address);
     let status = worker.stop();
@@ -130,6 +131,16 @@ listen = "127.0.0.1:{port}"
         "worker / raw consume: {:.2}",
         rate(worker_seconds) / rate(raw_seconds)
     );
+    let busy: f64 = phases.iter().map(|(_, s)| s).sum();
+    println!(
+        "the worker's loop, seconds per step (of {worker_seconds:.1} s; the rest is start-up):"
+    );
+    for (phase, seconds) in &phases {
+        println!(
+            "  {phase:<10} {seconds:>8.1} s {:>5.1} %",
+            100.0 * seconds / busy.max(f64::MIN_POSITIVE)
+        );
+    }
     let percentile = |p: f64| {
         let at = ((latencies.len() as f64 - 1.0) * p).round() as usize;
         latencies.get(at).copied().unwrap_or(f64::NAN)
@@ -215,6 +226,21 @@ fn processed(config: &std::path::Path) -> u64 {
         .filter(|l| l.starts_with(name))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum::<f64>() as u64
+}
+
+/// Seconds per step of the worker's loop, from `rekindle_pipeline_phase_seconds_total`.
+fn phase_seconds(config: &std::path::Path) -> Vec<(String, f64)> {
+    let Some((_, body)) = try_http_get(config, "/metrics") else {
+        return Vec::new();
+    };
+    let name = "rekindle_pipeline_phase_seconds_total{phase=\"";
+    body.lines()
+        .filter_map(|l| l.strip_prefix(name))
+        .filter_map(|l| {
+            let (phase, rest) = l.split_once('"')?;
+            Some((phase.to_string(), rest.rsplit(' ').next()?.parse().ok()?))
+        })
+        .collect()
 }
 
 /// Produces [`LATENCY_USERS`] users whose lapse deadlines fall 10 to 40 s from now, and

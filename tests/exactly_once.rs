@@ -97,13 +97,16 @@ fn run(exactly_once: bool) -> Run {
         RDKafkaApiKey::EndTxn,
         &[RD_KAFKA_RESP_ERR_COORDINATOR_NOT_AVAILABLE; 2],
     );
-    // Three crashes after the 4th batch that reached Kafka, each time before the local
-    // commit. In the second round the trigger topic is refused (authorization revoked) for
+    // Three crashes, each once a commit's triggers reached Kafka and before the local
+    // commit: with transactions after the 4th commit (one per batch); without, after the
+    // first, which holds every batch processed since the start (those that follow may
+    // hold only clock ticks). In the second round the trigger topic is refused (authorization revoked) for
     // a while: every transaction in that time fails and is aborted, and its batch is
     // processed again once the topic is back.
     let mut crashes = 0;
     for round in 0..3 {
-        let mut worker = Worker::start_with_env(&config, &log, &[(CRASH, "4")]);
+        let crash_at = if exactly_once { "4" } else { "1" };
+        let mut worker = Worker::start_with_env(&config, &log, &[(CRASH, crash_at)]);
         if round == 1 && exactly_once {
             mock.topic_error("triggers", RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED)
                 .expect("topic error");

@@ -21,7 +21,7 @@ pub use changelog::{ChangelogRead, ChangelogReader};
 pub use client::KafkaSettings;
 pub use error::KafkaError;
 pub use rdkafka::message::{BorrowedMessage, Message};
-pub use sink::{Outgoing, Producer, Sink, SinkContext};
+pub use sink::{Deliveries, Outgoing, Producer, Sink, SinkContext};
 pub use source::{
     source_record, Assignment, NoObserver, ResumeLookup, Source, SourceObserver, SourceRecord,
 };

@@ -1,4 +1,8 @@
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use rdkafka::client::ClientContext;
@@ -148,6 +152,32 @@ impl Sink {
         self.producer.in_flight_count()
     }
 
+    /// Hands records to the producer without waiting for the broker: their acknowledgements
+    /// are collected by `deliveries`, each with its `tag`. When librdkafka's queue is full
+    /// it waits for what is in flight first (backpressure).
+    pub async fn enqueue<'a, T>(
+        &self,
+        records: impl IntoIterator<Item = (Outgoing<'a>, T)>,
+        deliveries: &mut Deliveries<T>,
+    ) -> Result<(), KafkaError> {
+        for (out, tag) in records {
+            loop {
+                match self.producer.send_result(future_record(&out)) {
+                    Ok(delivery) => {
+                        deliveries.push(delivery, out.topic, tag);
+                        break;
+                    }
+                    Err((
+                        rdkafka::error::KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull),
+                        _,
+                    )) => deliveries.settle_all().await?,
+                    Err((e, _)) => return Err(e.into()),
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Sends records and returns once the broker acknowledged all of them, or with the
     /// first failure. librdkafka retries transient errors itself (idempotently, so retries
     /// never duplicate or reorder).
@@ -159,21 +189,7 @@ impl Sink {
         let mut acked = 0;
         for out in records {
             loop {
-                let mut record = FutureRecord::<[u8], [u8]>::to(out.topic).payload(out.payload);
-                if let Some(key) = out.key {
-                    record = record.key(key);
-                }
-                if !out.headers.is_empty() {
-                    let mut headers = OwnedHeaders::new_with_capacity(out.headers.len());
-                    for (key, value) in &out.headers {
-                        headers = headers.insert(Header {
-                            key,
-                            value: Some(value.as_bytes()),
-                        });
-                    }
-                    record = record.headers(headers);
-                }
-                match self.producer.send_result(record) {
+                match self.producer.send_result(future_record(&out)) {
                     Ok(delivery) => {
                         pending.push((delivery, out.topic));
                         break;
@@ -191,6 +207,99 @@ impl Sink {
         }
         acked += await_all(&mut pending).await?;
         Ok(acked)
+    }
+}
+
+fn future_record<'b>(out: &'b Outgoing<'_>) -> FutureRecord<'b, [u8], [u8]> {
+    let mut record = FutureRecord::<[u8], [u8]>::to(out.topic).payload(out.payload);
+    if let Some(key) = out.key {
+        record = record.key(key);
+    }
+    if !out.headers.is_empty() {
+        let mut headers = OwnedHeaders::new_with_capacity(out.headers.len());
+        for (key, value) in &out.headers {
+            headers = headers.insert(Header {
+                key,
+                value: Some(value.as_bytes()),
+            });
+        }
+        record = record.headers(headers);
+    }
+    record
+}
+
+/// Records handed to the producer whose acknowledgements have not been collected yet, in
+/// the order they were sent, each with a tag of the caller's; and the tags of those
+/// acknowledged since the last [`Deliveries::take_acknowledged`].
+pub struct Deliveries<T> {
+    pending: VecDeque<(DeliveryFuture, usize, T)>,
+    /// Topic names, referred to by index from `pending` (a handful per worker).
+    topics: Vec<String>,
+    acknowledged: Vec<T>,
+}
+
+impl<T> Default for Deliveries<T> {
+    fn default() -> Self {
+        Deliveries {
+            pending: VecDeque::new(),
+            topics: Vec::new(),
+            acknowledged: Vec::new(),
+        }
+    }
+}
+
+impl<T> Deliveries<T> {
+    fn push(&mut self, delivery: DeliveryFuture, topic: &str, tag: T) {
+        let index = match self.topics.iter().position(|t| t == topic) {
+            Some(index) => index,
+            None => {
+                self.topics.push(topic.to_string());
+                self.topics.len() - 1
+            }
+        };
+        self.pending.push_back((delivery, index, tag));
+    }
+
+    /// Records not acknowledged yet.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Collects the acknowledgements that have already arrived, from the oldest record up to
+    /// the first still in flight, without waiting. A refused record is an error.
+    pub fn settle_ready(&mut self) -> Result<(), KafkaError> {
+        let mut context = Context::from_waker(Waker::noop());
+        while let Some((delivery, _, _)) = self.pending.front_mut() {
+            let result = match Pin::new(delivery).poll(&mut context) {
+                Poll::Pending => return Ok(()),
+                Poll::Ready(result) => result,
+            };
+            if let Some((_, topic, tag)) = self.pending.pop_front() {
+                delivered(result, &self.topics[topic])?;
+                self.acknowledged.push(tag);
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until every record is acknowledged, or for the first refusal.
+    pub async fn settle_all(&mut self) -> Result<(), KafkaError> {
+        while let Some((delivery, topic, tag)) = self.pending.pop_front() {
+            delivered(delivery.await, &self.topics[topic])?;
+            self.acknowledged.push(tag);
+        }
+        Ok(())
+    }
+
+    /// The tags of the records acknowledged since the last call, oldest first.
+    pub fn take_acknowledged(&mut self) -> std::vec::Drain<'_, T> {
+        self.acknowledged.drain(..)
+    }
+
+    /// Forgets every record in flight (after an aborted transaction: none of them count).
+    pub fn clear(&mut self) {
+        self.pending.clear();
+        self.acknowledged.clear();
     }
 }
 
@@ -272,7 +381,12 @@ async fn await_all(pending: &mut Vec<(DeliveryFuture, &str)>) -> Result<usize, K
 
 /// Waits for one record's acknowledgement and returns its offset.
 async fn acknowledged(delivery: DeliveryFuture, topic: &str) -> Result<i64, KafkaError> {
-    match delivery.await {
+    delivered(delivery.await, topic)
+}
+
+/// A delivery's outcome: the record's offset, or why the broker did not take it.
+fn delivered(result: <DeliveryFuture as Future>::Output, topic: &str) -> Result<i64, KafkaError> {
+    match result {
         Ok(Ok(delivered)) => Ok(delivered.offset),
         Ok(Err((e, _))) => Err(KafkaError::Delivery {
             topic: topic.to_string(),

@@ -427,6 +427,9 @@ impl PartitionState {
                 };
                 encoded.push((user.clone(), encode("profile", &entry.profile)?));
             }
+            // In key order: RocksDB's memtable inserts a sorted run next to the previous
+            // key instead of searching its skip list from the top for each one.
+            encoded.sort_unstable_by(|a, b| a.0.cmp(&b.0));
             self.encoded = Some(encoded);
         }
         Ok(self.encoded.as_deref().unwrap_or_default())
@@ -475,7 +478,9 @@ impl PartitionState {
         for user in &self.deleted {
             batch.delete_cf(profiles_cf, profile_key(self.partition, user));
         }
-        for (due, user) in &self.timers_deleted {
+        let mut timers_deleted: Vec<&(i64, String)> = self.timers_deleted.iter().collect();
+        timers_deleted.sort_unstable();
+        for (due, user) in timers_deleted {
             batch.delete_cf(timers_cf, timer_key(self.partition, *due, user));
         }
         for (due, user) in &self.timers_added {

@@ -1,6 +1,6 @@
 use prometheus::{
-    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    CounterVec, Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::TelemetryError;
@@ -10,6 +10,9 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
     21600.0, 86400.0, 604800.0,
 ];
+
+/// The steps of the worker's loop, the label values of `rekindle_pipeline_phase_seconds_total`.
+pub const PHASES: [&str; 5] = ["fetch", "process", "deliver", "changelog", "commit"];
 
 /// Every metric rekindle exports, as specified in docs/instrumentation.md. Names follow
 /// `rekindle_<subsystem>_<name>_<unit>[_total]` in base units; label values are bounded
@@ -26,6 +29,8 @@ pub struct Metrics {
     pub assigned_partitions: IntGauge,
     pub rebalances: IntCounterVec,
     pub processing_latency: Histogram,
+    /// Seconds spent per step of the worker's loop (see [`PHASES`]).
+    pub phase_seconds: CounterVec,
     pub clock_ticks_processed: IntCounter,
     pub clock_ticks_sent: IntCounter,
     pub clock_time: GaugeVec,
@@ -138,6 +143,14 @@ impl Builder {
     ) -> Result<GaugeVec, TelemetryError> {
         self.register(GaugeVec::new(Opts::new(name, help), labels)?)
     }
+    fn float_counter_vec(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+    ) -> Result<CounterVec, TelemetryError> {
+        self.register(CounterVec::new(Opts::new(name, help), labels)?)
+    }
     fn histogram(&self, name: &str, help: &str) -> Result<Histogram, TelemetryError> {
         self.register(Histogram::with_opts(
             HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
@@ -150,7 +163,7 @@ impl Metrics {
         let b = Builder {
             registry: Registry::new(),
         };
-        Ok(Metrics {
+        let metrics = Metrics {
             records_received: b.counter_vec(
                 "rekindle_ingest_records_received_total",
                 "Records read from the activity topic, ticks and malformed records included.",
@@ -192,6 +205,14 @@ impl Metrics {
             processing_latency: b.histogram(
                 "rekindle_pipeline_processing_latency_seconds",
                 "From an event's time to its processing (wall clock); backfills show as days.",
+            )?,
+            phase_seconds: b.float_counter_vec(
+                "rekindle_pipeline_phase_seconds_total",
+                "Seconds the worker's loop spent in each step: fetch (waiting for records), \
+                 process (the engine), deliver (triggers, audit records and dead letters \
+                 acknowledged), changelog (changelog records acknowledged), commit (state \
+                 written to RocksDB).",
+                &["phase"],
             )?,
             clock_ticks_processed: b.counter(
                 "rekindle_clock_ticks_processed_total",
@@ -352,7 +373,18 @@ impl Metrics {
                 "1 when /health/readyz answers ready, 0 otherwise.",
             )?,
             registry: b.registry,
-        })
+        };
+        for phase in PHASES {
+            metrics.phase_seconds.with_label_values(&[phase]);
+        }
+        Ok(metrics)
+    }
+
+    /// Adds `seconds` to one step of the worker's loop.
+    pub fn phase(&self, phase: &str, seconds: f64) {
+        self.phase_seconds
+            .with_label_values(&[phase])
+            .inc_by(seconds);
     }
 
     /// One partition's series, resolved once so that the per-record path does no label

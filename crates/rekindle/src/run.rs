@@ -1,9 +1,12 @@
 //! `rekindle run`: the worker.
 //!
-//! One batch at a time: read records, run them through the engine, send the triggers and
-//! wait for the broker to acknowledge them, then commit state and offsets to RocksDB, then
-//! report progress to the consumer group. A crash anywhere before the RocksDB commit replays
-//! the batch from stored offsets and re-sends its triggers under the same ids.
+//! One batch at a time: read records, run them through the engine and hand their triggers
+//! to the producer. Every `pipeline.commit_interval` (or `commit_max_records`, or when no
+//! records come): wait for the broker to acknowledge everything sent since the last commit,
+//! write the changed state to the changelog, commit state and offsets to RocksDB, then
+//! report progress to the consumer group. A crash anywhere before the RocksDB commit
+//! replays the uncommitted batches from stored offsets and re-sends their triggers under
+//! the same ids. With transactions every batch is one transaction and commits at once.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,11 +14,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use rekindle_engine::{Disposition, Emitted, Record, RecordKind};
+use rekindle_engine::{Disposition, Emitted, Engine, Record, RecordKind};
 use rekindle_events::{AuditEncoder, EventError, TriggerEncoder};
 use rekindle_kafka::{
-    admin, source_record, tick_time, Assignment, ChangelogReader, ClockTicker, KafkaError,
-    Outgoing, ResumeLookup, Sink, Source, SourceRecord,
+    admin, source_record, tick_time, Assignment, ChangelogReader, ClockTicker, Deliveries,
+    KafkaError, Outgoing, ResumeLookup, Sink, Source, SourceRecord,
 };
 use rekindle_telemetry::{Health, Metrics};
 use tokio::sync::watch;
@@ -44,8 +47,8 @@ const RESTORE_ATTEMPTS: u32 = 5;
 const RESTORE_RETRY_PAUSE: Duration = Duration::from_secs(1);
 /// A restore fails when its changelog read makes no progress for this long.
 const RESTORE_STALL_TIMEOUT: Duration = Duration::from_secs(60);
-/// Fault injection for tests: the process aborts after this many batches' triggers reached
-/// Kafka, before anything records that they did (see `crash_point`).
+/// Fault injection for tests: the process aborts after this many commits' triggers reached
+/// Kafka, before anything records that they did (see `CrashPoint`).
 const CRASH_BEFORE_STATE_COMMIT: &str = "REKINDLE_TEST_CRASH_BEFORE_STATE_COMMIT";
 
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
@@ -180,10 +183,6 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         owned.clone(),
         observer.clone(),
     )?;
-    let crash_after: Option<u64> = std::env::var(CRASH_BEFORE_STATE_COMMIT)
-        .ok()
-        .and_then(|v| v.parse().ok());
-    let mut batches_out: u64 = 0;
     // Transactions aborted in a row: a refusal that persists (authorization revoked, a topic
     // gone) is retried with growing pauses rather than in a tight loop.
     let mut consecutive_aborts: u32 = 0;
@@ -232,7 +231,15 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let mut emitted = Emitted::default();
     let mut store_counters = StoreCounters::default();
     let mut batch_no: u64 = 0;
+    let eos = sink.is_transactional();
+    let changelog_topic = changelog_topic.as_deref();
+    // Records sent since the last commit whose acknowledgements are still to be counted.
+    let mut deliveries: Deliveries<Sent> = Deliveries::default();
+    let mut uncommitted = Uncommitted::default();
+    let mut in_transaction = false;
+    let mut crash = CrashPoint::from_env();
     while !*shutdown.borrow() {
+        let fetching = Instant::now();
         let batch = source
             .next_batch(
                 settings.pipeline.batch_max_records,
@@ -240,13 +247,17 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
                 IDLE_WAIT,
             )
             .await?;
+        metrics.phase("fetch", fetching.elapsed().as_secs_f64());
         for change in source.assignment_changes() {
             match change {
-                // Every batch is committed before the next read, so a revoked partition has
-                // nothing pending: closing it only drops its cached handle.
+                // The partition's changes since the last commit are dropped with it: its
+                // stored state, changelog and offsets all stand at that commit, where the
+                // next owner resumes (sending those batches' triggers again, under the same
+                // ids). Committing them now could race the next owner's restore.
                 Assignment::Revoked(partitions) => {
                     for p in partitions {
                         engine.close_partition(p);
+                        uncommitted.starts.remove(&p);
                     }
                 }
                 // The state was prepared (restored if need be) when the partition was
@@ -264,6 +275,22 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             }
         }
         if batch.is_empty() {
+            // Nothing more is coming for now: what was processed need not wait.
+            if uncommitted.records > 0 {
+                commit(
+                    &mut engine,
+                    &sink,
+                    &source,
+                    &mut deliveries,
+                    changelog_topic,
+                    &metrics,
+                    &health,
+                    &mut crash,
+                )
+                .instrument(info_span!("commit"))
+                .await?;
+                uncommitted = Uncommitted::default();
+            }
             if last_progress.elapsed() >= PROGRESS_EVERY {
                 last_progress = Instant::now();
                 record_store_stats(&metrics, &engine, &mut store_counters);
@@ -288,17 +315,18 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             }
             emitted.clear();
             let mut rejected: Vec<(SourceRecord<'_>, EventError)> = Vec::new();
-            // Where each partition's part of the batch begins: where to read again after an
-            // aborted transaction.
-            let mut batch_starts: std::collections::BTreeMap<u32, i64> = Default::default();
             // Synchronous: the guard is dropped before the next await.
             let process_span = info_span!("process").entered();
+            let processing = Instant::now();
             for message in &batch {
                 let record = source_record(message);
                 if !owned_now.contains(&record.partition) {
                     continue;
                 }
-                batch_starts.entry(record.partition).or_insert(record.offset);
+                // Where each partition's uncommitted records begin: where to read again
+                // after an aborted transaction.
+                uncommitted.starts.entry(record.partition).or_insert(record.offset);
+                uncommitted.records += 1;
                 let kind = if record.is_tick {
                     match tick_time(record.payload) {
                         Some(time_ms) => RecordKind::Tick(time_ms),
@@ -317,7 +345,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
                     Disposition::Applied { event_ms: None } | Disposition::Skipped => {}
                 }
             }
+            uncommitted.since.get_or_insert_with(Instant::now);
             drop(process_span);
+            metrics.phase("process", processing.elapsed().as_secs_f64());
             let triggers = &emitted.triggers;
             let mut encoded: Vec<Vec<u8>> = Vec::with_capacity(triggers.len());
             for trigger in triggers {
@@ -325,11 +355,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
                 debug!(trigger_id = %trigger.trigger_id, user_id = %trigger.user_id, rule = %trigger.rule_id, "trigger fired");
             }
             let trigger_topic = settings.kafka.trigger_topic.as_str();
-            let outgoing = triggers.iter().zip(&encoded).map(|(t, payload)| Outgoing {
-                topic: trigger_topic,
-                key: Some(t.user_id.as_bytes()),
-                payload,
-                headers: Vec::new(),
+            let outgoing = triggers.iter().zip(&encoded).map(|(t, payload)| {
+                let out = Outgoing { topic: trigger_topic, key: Some(t.user_id.as_bytes()), payload, headers: Vec::new() };
+                (out, Sent::Trigger { due_ms: t.due_at_ms })
             });
             // Without an audit topic, audit records are only counted (and logged at debug).
             let mut audit_encoded: Vec<(&str, Vec<u8>)> = Vec::new();
@@ -339,102 +367,74 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
                     audit_encoded.push((record.trigger.user_id.as_str(), audit_encoder.encode(record)?));
                 }
             }
-            let audit_count = audit_encoded.len();
             let audit_topic = settings.kafka.audit_topic.as_deref().unwrap_or_default();
-            let audit = audit_encoded.iter().map(|(user, payload)| Outgoing {
-                topic: audit_topic,
-                key: Some(user.as_bytes()),
-                payload,
-                headers: Vec::new(),
+            let audit = audit_encoded.iter().map(|(user, payload)| {
+                (Outgoing { topic: audit_topic, key: Some(user.as_bytes()), payload, headers: Vec::new() }, Sent::Audit)
             });
             let dead = rejected.iter().map(|(record, error)| {
-                dead_letter(&settings.kafka.dead_letter_topic, &settings.kafka.activity_topic, record, error)
+                let out = dead_letter(&settings.kafka.dead_letter_topic, &settings.kafka.activity_topic, record, error);
+                (out, Sent::DeadLetter(error.kind()))
             });
-            // Dead letters and triggers are both acknowledged before the batch's state and
-            // offsets are committed: neither can be lost by a crash. Without transactions
-            // the changelog records follow them (not alongside): a restore that finds a
-            // batch's changes in the changelog may rely on its triggers having gone out.
-            let eos = sink.is_transactional();
-            let changes = match &changelog_topic {
-                Some(_) => engine.changelog()?,
-                None => Vec::new(),
-            };
-            let changelog_count: usize = changes.iter().map(|(_, r)| r.len()).sum();
-            let changelog_records = changes.iter().flat_map(|(p, records)| {
-                records.iter().map(move |r| (*p, r.key.as_slice(), r.value.as_deref()))
-            });
-            let changelog_topic = changelog_topic.as_deref().unwrap_or_default();
-            let emit_span = info_span!("emit", triggers = triggers.len(), audit = audit_count, dead_letters = rejected.len(), changelog = changelog_count);
+            // Sent now, awaited at the commit: dead letters and triggers are acknowledged
+            // before the state and offsets that account for them are committed, so neither
+            // can be lost by a crash. A trigger reaches the delivery topic without waiting
+            // for the commit.
+            let delivering = Instant::now();
             let sent = async {
-                let (acked, changelog_next) = if eos {
-                    // One transaction: everything is enqueued at once (one round trip).
+                if eos && !in_transaction {
                     sink.begin()?;
-                    let sent = tokio::try_join!(
-                        sink.send_all(dead.chain(outgoing).chain(audit)),
-                        sink.send_changelog(changelog_topic, changelog_records),
-                    )?;
-                    info_span!("transaction").in_scope(|| sink.commit(&source, &engine.positions()))?;
-                    metrics.transactions_committed.inc();
-                    crash_point(crash_after, &mut batches_out);
-                    sent
-                } else {
-                    let acked = sink.send_all(dead.chain(outgoing).chain(audit)).await?;
-                    crash_point(crash_after, &mut batches_out);
-                    (acked, sink.send_changelog(changelog_topic, changelog_records).await?)
-                };
-                metrics.state_changelog_records.inc_by(changelog_count as u64);
-                anyhow::Ok((acked, changelog_next))
+                    in_transaction = true;
+                }
+                sink.enqueue(dead.chain(outgoing).chain(audit), &mut deliveries).await?;
+                deliveries.settle_ready()?;
+                anyhow::Ok(())
             }
-            .instrument(emit_span)
+            .instrument(info_span!("send", triggers = triggers.len(), audit = audit_encoded.len(), dead_letters = rejected.len()))
             .await;
-            let (acked, changelog_next) = match sent {
-                Ok(sent) => {
+            metrics.phase("deliver", delivering.elapsed().as_secs_f64());
+            account(&mut deliveries, &metrics, &health);
+            let due = eos
+                || uncommitted.records >= settings.pipeline.commit_max_records
+                || uncommitted.since.is_some_and(|t| t.elapsed() >= settings.pipeline.commit_interval);
+            let result = match sent {
+                Ok(()) if due => {
+                    let committed = commit(&mut engine, &sink, &source, &mut deliveries, changelog_topic, &metrics, &health, &mut crash)
+                        .instrument(info_span!("commit"))
+                        .await;
+                    if committed.is_ok() {
+                        in_transaction = false;
+                        uncommitted = Uncommitted::default();
+                    }
+                    committed
+                }
+                other => other,
+            };
+            match result {
+                Ok(()) => {
                     consecutive_aborts = 0;
-                    sent
+                    anyhow::Ok(())
                 }
                 Err(e) if eos && is_abortable(&e) => {
-                    // Nothing of the batch becomes visible: forget its effects and read it
-                    // again from where each partition's batch began.
+                    // Nothing since the last commit becomes visible: forget its effects and
+                    // read it again from where each partition's uncommitted records began.
                     warn!(error = %format!("{e:#}"), "transaction failed; aborting it and processing the batch again");
                     sink.abort().context("aborting the transaction")?;
+                    in_transaction = false;
                     metrics.transactions_aborted.inc();
                     engine.rollback()?;
-                    source.rewind(&batch_starts.iter().map(|(p, o)| (*p, *o)).collect::<Vec<_>>())?;
+                    deliveries.clear();
+                    source.rewind(&uncommitted.starts.iter().map(|(p, o)| (*p, *o)).collect::<Vec<_>>())?;
+                    uncommitted = Uncommitted::default();
                     consecutive_aborts = consecutive_aborts.saturating_add(1);
                     let pause = ABORT_BACKOFF.saturating_mul(1 << consecutive_aborts.min(6)).min(ABORT_BACKOFF_MAX);
                     tokio::time::sleep(pause).await;
-                    return anyhow::Ok(());
+                    anyhow::Ok(())
                 }
                 Err(e) => {
                     metrics.producer_errors.inc();
-                    return Err(e);
-                }
-            };
-            // An acknowledgement is proof of a reachable broker; a fetched batch is not (it
-            // may come from librdkafka's local prefetch queue while the broker is down).
-            if acked > 0 {
-                health.set_broker_reachable();
-                record_readiness(&metrics, &health);
-            }
-            let acked_at = wall_ms();
-            for trigger in triggers {
-                metrics.trigger_latency.observe(seconds_between(trigger.due_at_ms, acked_at));
-            }
-            for (_, error) in &rejected {
-                metrics.dead_letters.with_label_values(&[error.kind()]).inc();
-            }
-            let acked = acked.saturating_sub(rejected.len() + audit_count);
-            metrics.triggers_acked.inc_by(acked as u64);
-            metrics.audit_acked.inc_by(audit_count as u64);
-            info_span!("commit").in_scope(|| engine.commit(&changelog_next))?;
-            if !eos {
-                if let Err(e) = source.commit_progress(&engine.positions()) {
-                    // Progress reporting only: the stored offsets are what a restart uses.
-                    warn!(error = %e, "committing progress to the consumer group failed");
+                    Err(e)
                 }
             }
-            record_clock_lag(&metrics, &engine, acked_at);
-            anyhow::Ok(())
         }
         .instrument(span)
         .await?;
@@ -445,6 +445,21 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             metrics.producer_in_flight.set(i64::from(sink.in_flight()));
         }
     }
+    // What the last batches did is committed before the worker leaves.
+    if uncommitted.records > 0 {
+        commit(
+            &mut engine,
+            &sink,
+            &source,
+            &mut deliveries,
+            changelog_topic,
+            &metrics,
+            &health,
+            &mut crash,
+        )
+        .instrument(info_span!("commit"))
+        .await?;
+    }
     if let Some(task) = ticker_task {
         task.abort();
     }
@@ -454,6 +469,122 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     // Closing the consumer revokes its partitions and leaves the group.
     drop(source);
     info!("left the consumer group");
+    Ok(())
+}
+
+/// What a record handed to the producer was, for counting it once it is acknowledged.
+enum Sent {
+    Trigger { due_ms: i64 },
+    Audit,
+    DeadLetter(&'static str),
+}
+
+/// The records processed since the last commit.
+#[derive(Default)]
+struct Uncommitted {
+    records: usize,
+    /// When the first of them was processed.
+    since: Option<Instant>,
+    /// Per partition, the offset of the first of them.
+    starts: std::collections::BTreeMap<u32, i64>,
+}
+
+/// Counts the records acknowledged so far.
+fn account(deliveries: &mut Deliveries<Sent>, metrics: &Metrics, health: &Health) {
+    let acked_at = wall_ms();
+    let mut any = false;
+    for sent in deliveries.take_acknowledged() {
+        any = true;
+        match sent {
+            Sent::Trigger { due_ms } => {
+                metrics.triggers_acked.inc();
+                metrics
+                    .trigger_latency
+                    .observe(seconds_between(due_ms, acked_at));
+            }
+            Sent::Audit => metrics.audit_acked.inc(),
+            Sent::DeadLetter(kind) => metrics.dead_letters.with_label_values(&[kind]).inc(),
+        }
+    }
+    // An acknowledgement is proof of a reachable broker; a fetched batch is not (it may
+    // come from librdkafka's local prefetch queue while the broker is down).
+    if any {
+        health.set_broker_reachable();
+        record_readiness(metrics, health);
+    }
+}
+
+/// Commits everything processed since the last commit: waits for every record sent since
+/// then to be acknowledged, writes the changed state to the changelog (without
+/// transactions, only after the triggers are acknowledged: a restore that finds a batch's
+/// changes may rely on its triggers having gone out), then to RocksDB with the offsets, and
+/// reports progress to the group. With transactions the changelog and the offsets go into
+/// the open transaction, which commits before RocksDB does.
+#[allow(clippy::too_many_arguments)]
+async fn commit(
+    engine: &mut Engine,
+    sink: &Sink,
+    source: &Source,
+    deliveries: &mut Deliveries<Sent>,
+    changelog_topic: Option<&str>,
+    metrics: &Metrics,
+    health: &Health,
+    crash: &mut CrashPoint,
+) -> anyhow::Result<()> {
+    let eos = sink.is_transactional();
+    let changes = match changelog_topic {
+        Some(_) => engine.changelog()?,
+        None => Vec::new(),
+    };
+    let changelog_count: usize = changes.iter().map(|(_, r)| r.len()).sum();
+    let changelog_records = changes.iter().flat_map(|(p, records)| {
+        records
+            .iter()
+            .map(move |r| (*p, r.key.as_slice(), r.value.as_deref()))
+    });
+    let changelog_topic = changelog_topic.unwrap_or_default();
+    let delivering = Instant::now();
+    let changelog_next = if eos {
+        let (_, changelog_next) = tokio::try_join!(
+            async { deliveries.settle_all().await.map_err(anyhow::Error::from) },
+            async {
+                sink.send_changelog(changelog_topic, changelog_records)
+                    .await
+                    .map_err(anyhow::Error::from)
+            },
+        )?;
+        info_span!("transaction").in_scope(|| sink.commit(source, &engine.positions()))?;
+        metrics.transactions_committed.inc();
+        // One transaction holds the triggers and the changelog: all of it is delivery.
+        metrics.phase("deliver", delivering.elapsed().as_secs_f64());
+        account(deliveries, metrics, health);
+        crash.reached();
+        changelog_next
+    } else {
+        deliveries.settle_all().await?;
+        metrics.phase("deliver", delivering.elapsed().as_secs_f64());
+        account(deliveries, metrics, health);
+        crash.reached();
+        let logging = Instant::now();
+        let changelog_next = sink
+            .send_changelog(changelog_topic, changelog_records)
+            .await?;
+        metrics.phase("changelog", logging.elapsed().as_secs_f64());
+        changelog_next
+    };
+    metrics
+        .state_changelog_records
+        .inc_by(changelog_count as u64);
+    let committing = Instant::now();
+    engine.commit(&changelog_next)?;
+    metrics.phase("commit", committing.elapsed().as_secs_f64());
+    if !eos {
+        if let Err(e) = source.commit_progress(&engine.positions()) {
+            // Progress reporting only: the stored offsets are what a restart uses.
+            warn!(error = %e, "committing progress to the consumer group failed");
+        }
+    }
+    record_clock_lag(metrics, engine, wall_ms());
     Ok(())
 }
 
@@ -490,19 +621,35 @@ fn is_abortable(e: &anyhow::Error) -> bool {
     }
 }
 
-/// Fault injection for the tests: dies where a crash hurts most, once the batch's triggers
+/// Fault injection for the tests: dies where a crash hurts most, once a commit's triggers
 /// are in Kafka and before anything records that (the changelog, or the local state in
 /// exactly-once mode, where the changelog went out in the same transaction).
-fn crash_point(crash_after: Option<u64>, batches_out: &mut u64) {
-    let Some(limit) = crash_after else {
-        return;
-    };
-    *batches_out += 1;
-    if *batches_out >= limit {
-        error!(
-            batches = *batches_out,
-            "{CRASH_BEFORE_STATE_COMMIT} reached: aborting after the batch's triggers went out"
-        );
-        std::process::abort();
+struct CrashPoint {
+    after: Option<u64>,
+    commits: u64,
+}
+
+impl CrashPoint {
+    fn from_env() -> CrashPoint {
+        CrashPoint {
+            after: std::env::var(CRASH_BEFORE_STATE_COMMIT)
+                .ok()
+                .and_then(|v| v.parse().ok()),
+            commits: 0,
+        }
+    }
+
+    fn reached(&mut self) {
+        let Some(limit) = self.after else {
+            return;
+        };
+        self.commits += 1;
+        if self.commits >= limit {
+            error!(
+                commits = self.commits,
+                "{CRASH_BEFORE_STATE_COMMIT} reached: aborting after the commit's triggers went out"
+            );
+            std::process::abort();
+        }
     }
 }

@@ -111,6 +111,12 @@ pub struct PipelineConfig {
     pub batch_max_records: usize,
     #[serde(with = "humantime_serde")]
     pub batch_max_wait: Duration,
+    /// State is committed (triggers awaited, changelog written, RocksDB batch) once this much
+    /// time has passed since the first uncommitted record, or once `commit_max_records`
+    /// records are uncommitted, whichever comes first; batches in between only send.
+    #[serde(with = "humantime_serde")]
+    pub commit_interval: Duration,
+    pub commit_max_records: usize,
     /// After SIGTERM, how long the batch in flight may take before the worker exits
     /// without committing it.
     #[serde(with = "humantime_serde")]
@@ -180,6 +186,9 @@ impl Settings {
         }
         if self.pipeline.batch_max_records == 0 {
             return fail("pipeline.batch_max_records", "must be at least 1");
+        }
+        if self.pipeline.commit_max_records == 0 {
+            return fail("pipeline.commit_max_records", "must be at least 1");
         }
         let tick = self.clock.tick_interval;
         if !tick.is_zero() && tick < Duration::from_millis(10) {
