@@ -312,7 +312,7 @@ async fn send(
         *sent += 1;
         if args
             .malformed_every
-            .is_some_and(|n| n > 0 && *sent % n == 0)
+            .is_some_and(|n| n > 0 && (*sent).is_multiple_of(n))
         {
             encoded.push((
                 e.user_id.as_str(),

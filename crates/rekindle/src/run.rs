@@ -232,12 +232,18 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let mut store_counters = StoreCounters::default();
     let mut batch_no: u64 = 0;
     let eos = sink.is_transactional();
-    let changelog_topic = changelog_topic.as_deref();
+    let committer = Committer {
+        sink: &sink,
+        source: &source,
+        changelog_topic: changelog_topic.as_deref(),
+        metrics: &metrics,
+        health: &health,
+        crash: CrashPoint::from_env(),
+    };
     // Records sent since the last commit whose acknowledgements are still to be counted.
     let mut deliveries: Deliveries<Sent> = Deliveries::default();
     let mut uncommitted = Uncommitted::default();
     let mut in_transaction = false;
-    let mut crash = CrashPoint::from_env();
     while !*shutdown.borrow() {
         let fetching = Instant::now();
         let batch = source
@@ -277,19 +283,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         if batch.is_empty() {
             // Nothing more is coming for now: what was processed need not wait.
             if uncommitted.records > 0 {
-                commit(
-                    &mut engine,
-                    &sink,
-                    &source,
-                    &mut deliveries,
-                    changelog_topic,
-                    &metrics,
-                    &health,
-                    &mut crash,
-                )
-                .instrument(info_span!("commit"))
-                .await?;
-                uncommitted = Uncommitted::default();
+                committer
+                    .commit(&mut engine, &mut deliveries, &mut uncommitted)
+                    .await?;
             }
             if last_progress.elapsed() >= PROGRESS_EVERY {
                 last_progress = Instant::now();
@@ -398,12 +394,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
                 || uncommitted.since.is_some_and(|t| t.elapsed() >= settings.pipeline.commit_interval);
             let result = match sent {
                 Ok(()) if due => {
-                    let committed = commit(&mut engine, &sink, &source, &mut deliveries, changelog_topic, &metrics, &health, &mut crash)
-                        .instrument(info_span!("commit"))
-                        .await;
+                    let committed = committer.commit(&mut engine, &mut deliveries, &mut uncommitted).await;
                     if committed.is_ok() {
                         in_transaction = false;
-                        uncommitted = Uncommitted::default();
                     }
                     committed
                 }
@@ -447,18 +440,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     }
     // What the last batches did is committed before the worker leaves.
     if uncommitted.records > 0 {
-        commit(
-            &mut engine,
-            &sink,
-            &source,
-            &mut deliveries,
-            changelog_topic,
-            &metrics,
-            &health,
-            &mut crash,
-        )
-        .instrument(info_span!("commit"))
-        .await?;
+        committer
+            .commit(&mut engine, &mut deliveries, &mut uncommitted)
+            .await?;
     }
     if let Some(task) = ticker_task {
         task.abort();
@@ -520,72 +504,101 @@ fn account(deliveries: &mut Deliveries<Sent>, metrics: &Metrics, health: &Health
 /// changes may rely on its triggers having gone out), then to RocksDB with the offsets, and
 /// reports progress to the group. With transactions the changelog and the offsets go into
 /// the open transaction, which commits before RocksDB does.
-#[allow(clippy::too_many_arguments)]
-async fn commit(
-    engine: &mut Engine,
-    sink: &Sink,
-    source: &Source,
-    deliveries: &mut Deliveries<Sent>,
-    changelog_topic: Option<&str>,
-    metrics: &Metrics,
-    health: &Health,
-    crash: &mut CrashPoint,
-) -> anyhow::Result<()> {
-    let eos = sink.is_transactional();
-    let changes = match changelog_topic {
-        Some(_) => engine.changelog()?,
-        None => Vec::new(),
-    };
-    let changelog_count: usize = changes.iter().map(|(_, r)| r.len()).sum();
-    let changelog_records = changes.iter().flat_map(|(p, records)| {
-        records
-            .iter()
-            .map(move |r| (*p, r.key.as_slice(), r.value.as_deref()))
-    });
-    let changelog_topic = changelog_topic.unwrap_or_default();
-    let delivering = Instant::now();
-    let changelog_next = if eos {
-        let (_, changelog_next) = tokio::try_join!(
-            async { deliveries.settle_all().await.map_err(anyhow::Error::from) },
-            async {
-                sink.send_changelog(changelog_topic, changelog_records)
-                    .await
-                    .map_err(anyhow::Error::from)
-            },
-        )?;
-        info_span!("transaction").in_scope(|| sink.commit(source, &engine.positions()))?;
-        metrics.transactions_committed.inc();
-        // One transaction holds the triggers and the changelog: all of it is delivery.
-        metrics.phase("deliver", delivering.elapsed().as_secs_f64());
-        account(deliveries, metrics, health);
-        crash.reached();
-        changelog_next
-    } else {
-        deliveries.settle_all().await?;
-        metrics.phase("deliver", delivering.elapsed().as_secs_f64());
-        account(deliveries, metrics, health);
-        crash.reached();
-        let logging = Instant::now();
-        let changelog_next = sink
-            .send_changelog(changelog_topic, changelog_records)
+struct Committer<'a> {
+    sink: &'a Sink,
+    source: &'a Source,
+    changelog_topic: Option<&'a str>,
+    metrics: &'a Metrics,
+    health: &'a Health,
+    crash: CrashPoint,
+}
+
+impl Committer<'_> {
+    /// Commits, then starts `uncommitted` afresh.
+    async fn commit(
+        &self,
+        engine: &mut Engine,
+        deliveries: &mut Deliveries<Sent>,
+        uncommitted: &mut Uncommitted,
+    ) -> anyhow::Result<()> {
+        self.commit_inner(engine, deliveries)
+            .instrument(info_span!("commit", records = uncommitted.records))
             .await?;
-        metrics.phase("changelog", logging.elapsed().as_secs_f64());
-        changelog_next
-    };
-    metrics
-        .state_changelog_records
-        .inc_by(changelog_count as u64);
-    let committing = Instant::now();
-    engine.commit(&changelog_next)?;
-    metrics.phase("commit", committing.elapsed().as_secs_f64());
-    if !eos {
-        if let Err(e) = source.commit_progress(&engine.positions()) {
-            // Progress reporting only: the stored offsets are what a restart uses.
-            warn!(error = %e, "committing progress to the consumer group failed");
-        }
+        *uncommitted = Uncommitted::default();
+        Ok(())
     }
-    record_clock_lag(metrics, engine, wall_ms());
-    Ok(())
+
+    async fn commit_inner(
+        &self,
+        engine: &mut Engine,
+        deliveries: &mut Deliveries<Sent>,
+    ) -> anyhow::Result<()> {
+        let Committer {
+            sink,
+            source,
+            changelog_topic,
+            metrics,
+            health,
+            crash,
+        } = self;
+        let (sink, source, changelog_topic, metrics, health) =
+            (*sink, *source, *changelog_topic, *metrics, *health);
+        let eos = sink.is_transactional();
+        let changes = match changelog_topic {
+            Some(_) => engine.changelog()?,
+            None => Vec::new(),
+        };
+        let changelog_count: usize = changes.iter().map(|(_, r)| r.len()).sum();
+        let changelog_records = changes.iter().flat_map(|(p, records)| {
+            records
+                .iter()
+                .map(move |r| (*p, r.key.as_slice(), r.value.as_deref()))
+        });
+        let changelog_topic = changelog_topic.unwrap_or_default();
+        let delivering = Instant::now();
+        let changelog_next = if eos {
+            let (_, changelog_next) = tokio::try_join!(
+                async { deliveries.settle_all().await.map_err(anyhow::Error::from) },
+                async {
+                    sink.send_changelog(changelog_topic, changelog_records)
+                        .await
+                        .map_err(anyhow::Error::from)
+                },
+            )?;
+            info_span!("transaction").in_scope(|| sink.commit(source, &engine.positions()))?;
+            metrics.transactions_committed.inc();
+            // One transaction holds the triggers and the changelog: all of it is delivery.
+            metrics.phase("deliver", delivering.elapsed().as_secs_f64());
+            account(deliveries, metrics, health);
+            crash.reached();
+            changelog_next
+        } else {
+            deliveries.settle_all().await?;
+            metrics.phase("deliver", delivering.elapsed().as_secs_f64());
+            account(deliveries, metrics, health);
+            crash.reached();
+            let logging = Instant::now();
+            let changelog_next = sink
+                .send_changelog(changelog_topic, changelog_records)
+                .await?;
+            metrics.phase("changelog", logging.elapsed().as_secs_f64());
+            changelog_next
+        };
+        metrics
+            .state_changelog_records
+            .inc_by(changelog_count as u64);
+        let committing = Instant::now();
+        engine.commit(&changelog_next)?;
+        metrics.phase("commit", committing.elapsed().as_secs_f64());
+        if !eos {
+            if let Err(e) = source.commit_progress(&engine.positions()) {
+                // Progress reporting only: the stored offsets are what a restart uses.
+                warn!(error = %e, "committing progress to the consumer group failed");
+            }
+        }
+        record_clock_lag(metrics, engine, wall_ms());
+        Ok(())
+    }
 }
 
 async fn wait_for_signal() {
@@ -626,7 +639,7 @@ fn is_abortable(e: &anyhow::Error) -> bool {
 /// exactly-once mode, where the changelog went out in the same transaction).
 struct CrashPoint {
     after: Option<u64>,
-    commits: u64,
+    commits: std::cell::Cell<u64>,
 }
 
 impl CrashPoint {
@@ -635,18 +648,18 @@ impl CrashPoint {
             after: std::env::var(CRASH_BEFORE_STATE_COMMIT)
                 .ok()
                 .and_then(|v| v.parse().ok()),
-            commits: 0,
+            commits: std::cell::Cell::new(0),
         }
     }
 
-    fn reached(&mut self) {
+    fn reached(&self) {
         let Some(limit) = self.after else {
             return;
         };
-        self.commits += 1;
-        if self.commits >= limit {
+        self.commits.set(self.commits.get() + 1);
+        if self.commits.get() >= limit {
             error!(
-                commits = self.commits,
+                commits = self.commits.get(),
                 "{CRASH_BEFORE_STATE_COMMIT} reached: aborting after the commit's triggers went out"
             );
             std::process::abort();
