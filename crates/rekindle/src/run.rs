@@ -498,12 +498,7 @@ fn account(deliveries: &mut Deliveries<Sent>, metrics: &Metrics, health: &Health
     }
 }
 
-/// Commits everything processed since the last commit: waits for every record sent since
-/// then to be acknowledged, writes the changed state to the changelog (without
-/// transactions, only after the triggers are acknowledged: a restore that finds a batch's
-/// changes may rely on its triggers having gone out), then to RocksDB with the offsets, and
-/// reports progress to the group. With transactions the changelog and the offsets go into
-/// the open transaction, which commits before RocksDB does.
+/// What a commit needs besides the engine and the records in flight.
 struct Committer<'a> {
     sink: &'a Sink,
     source: &'a Source,
@@ -514,7 +509,13 @@ struct Committer<'a> {
 }
 
 impl Committer<'_> {
-    /// Commits, then starts `uncommitted` afresh.
+    /// Commits everything processed since the last commit, then starts `uncommitted` afresh:
+    /// waits for every record sent since then to be acknowledged, writes the changed state
+    /// to the changelog (without transactions, only after the triggers are acknowledged: a
+    /// restore that finds a batch's changes may rely on its triggers having gone out), then
+    /// to RocksDB with the offsets, and reports progress to the group. With transactions the
+    /// changelog and the offsets go into the open transaction, which commits before RocksDB
+    /// does.
     async fn commit(
         &self,
         engine: &mut Engine,
@@ -533,16 +534,14 @@ impl Committer<'_> {
         engine: &mut Engine,
         deliveries: &mut Deliveries<Sent>,
     ) -> anyhow::Result<()> {
-        let Committer {
+        let &Committer {
             sink,
             source,
             changelog_topic,
             metrics,
             health,
-            crash,
+            ref crash,
         } = self;
-        let (sink, source, changelog_topic, metrics, health) =
-            (*sink, *source, *changelog_topic, *metrics, *health);
         let eos = sink.is_transactional();
         let changes = match changelog_topic {
             Some(_) => engine.changelog()?,
