@@ -100,9 +100,9 @@ fn run(exactly_once: bool) -> Run {
     // Three crashes, each once a commit's triggers reached Kafka and before the local
     // commit: with transactions after the 4th commit (one per batch); without, after the
     // first, which holds every batch processed since the start (those that follow may
-    // hold only clock ticks). In the second round the trigger topic is refused (authorization revoked) for
-    // a while: every transaction in that time fails and is aborted, and its batch is
-    // processed again once the topic is back.
+    // hold only clock ticks). In the second round the trigger topic is refused
+    // (authorization revoked) for a while: every transaction in that time fails and is
+    // aborted, and its batch is processed again once the topic is back.
     let mut crashes = 0;
     for round in 0..3 {
         let crash_at = if exactly_once { "4" } else { "1" };

@@ -156,11 +156,12 @@ fn ownership(
 fn a_killed_worker_and_an_empty_joiner_give_the_same_triggers_and_state_as_replay() {
     let mock = MockCluster::new(1).expect("mock cluster");
     let brokers = mock.bootstrap_servers();
+    let changelog = format!("{GROUP}.changelog");
     for (topic, partitions) in [
         ("activity", PARTITIONS as i32),
         ("triggers", 2),
         (DEAD_LETTERS, 1),
-        ("rekindle-rebalance.changelog", PARTITIONS as i32),
+        (changelog.as_str(), PARTITIONS as i32),
     ] {
         mock.create_topic(topic, partitions, 1).expect("topic");
     }

@@ -185,28 +185,11 @@ impl Sink {
         &self,
         records: impl IntoIterator<Item = Outgoing<'a>>,
     ) -> Result<usize, KafkaError> {
-        let mut pending: Vec<(DeliveryFuture, &'a str)> = Vec::new();
-        let mut acked = 0;
-        for out in records {
-            loop {
-                match self.producer.send_result(future_record(&out)) {
-                    Ok(delivery) => {
-                        pending.push((delivery, out.topic));
-                        break;
-                    }
-                    Err((
-                        rdkafka::error::KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull),
-                        _,
-                    )) => {
-                        // Backpressure: wait for what is in flight before enqueuing more.
-                        acked += await_all(&mut pending).await?;
-                    }
-                    Err((e, _)) => return Err(e.into()),
-                }
-            }
-        }
-        acked += await_all(&mut pending).await?;
-        Ok(acked)
+        let mut deliveries = Deliveries::default();
+        self.enqueue(records.into_iter().map(|out| (out, ())), &mut deliveries)
+            .await?;
+        deliveries.settle_all().await?;
+        Ok(deliveries.take_acknowledged().count())
     }
 }
 
@@ -258,11 +241,6 @@ impl<T> Deliveries<T> {
             }
         };
         self.pending.push_back((delivery, index, tag));
-    }
-
-    /// Records not acknowledged yet.
-    pub fn pending(&self) -> usize {
-        self.pending.len()
     }
 
     /// Collects the acknowledgements that have already arrived, from the oldest record up to
@@ -318,7 +296,7 @@ async fn await_changelog(
     topic: &str,
 ) -> Result<(), KafkaError> {
     for (partition, delivery) in pending.drain(..) {
-        let after = acknowledged(delivery, topic).await? + 1;
+        let after = delivered(delivery.await, topic)? + 1;
         let slot = next.entry(partition).or_insert(after);
         *slot = (*slot).max(after);
     }
@@ -369,19 +347,6 @@ fn transaction_error(e: rdkafka::error::KafkaError) -> KafkaError {
         },
         _ => KafkaError::Client(e),
     }
-}
-
-async fn await_all(pending: &mut Vec<(DeliveryFuture, &str)>) -> Result<usize, KafkaError> {
-    let n = pending.len();
-    for (delivery, topic) in pending.drain(..) {
-        acknowledged(delivery, topic).await?;
-    }
-    Ok(n)
-}
-
-/// Waits for one record's acknowledgement and returns its offset.
-async fn acknowledged(delivery: DeliveryFuture, topic: &str) -> Result<i64, KafkaError> {
-    delivered(delivery.await, topic)
 }
 
 /// A delivery's outcome: the record's offset, or why the broker did not take it.

@@ -11,8 +11,41 @@ const LATENCY_BUCKETS: &[f64] = &[
     21600.0, 86400.0, 604800.0,
 ];
 
-/// The steps of the worker's loop, the label values of `rekindle_pipeline_phase_seconds_total`.
-pub const PHASES: [&str; 5] = ["fetch", "process", "deliver", "changelog", "commit"];
+/// The steps of the worker's loop, counted by `rekindle_pipeline_phase_seconds_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Waiting for records.
+    Fetch,
+    /// The engine.
+    Process,
+    /// Triggers, audit records and dead letters handed over and acknowledged (with
+    /// transactions, the whole transaction).
+    Deliver,
+    /// Changelog records sent and acknowledged.
+    Changelog,
+    /// State written to RocksDB.
+    Commit,
+}
+
+impl Phase {
+    const ALL: [Phase; 5] = [
+        Phase::Fetch,
+        Phase::Process,
+        Phase::Deliver,
+        Phase::Changelog,
+        Phase::Commit,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Phase::Fetch => "fetch",
+            Phase::Process => "process",
+            Phase::Deliver => "deliver",
+            Phase::Changelog => "changelog",
+            Phase::Commit => "commit",
+        }
+    }
+}
 
 /// Every metric rekindle exports, as specified in docs/instrumentation.md. Names follow
 /// `rekindle_<subsystem>_<name>_<unit>[_total]` in base units; label values are bounded
@@ -29,7 +62,7 @@ pub struct Metrics {
     pub assigned_partitions: IntGauge,
     pub rebalances: IntCounterVec,
     pub processing_latency: Histogram,
-    /// Seconds spent per step of the worker's loop (see [`PHASES`]).
+    /// Seconds spent per step of the worker's loop (see [`Phase`]).
     pub phase_seconds: CounterVec,
     pub clock_ticks_processed: IntCounter,
     pub clock_ticks_sent: IntCounter,
@@ -374,16 +407,16 @@ impl Metrics {
             )?,
             registry: b.registry,
         };
-        for phase in PHASES {
-            metrics.phase_seconds.with_label_values(&[phase]);
+        for phase in Phase::ALL {
+            metrics.phase_seconds.with_label_values(&[phase.label()]);
         }
         Ok(metrics)
     }
 
     /// Adds `seconds` to one step of the worker's loop.
-    pub fn phase(&self, phase: &str, seconds: f64) {
+    pub fn phase(&self, phase: Phase, seconds: f64) {
         self.phase_seconds
-            .with_label_values(&[phase])
+            .with_label_values(&[phase.label()])
             .inc_by(seconds);
     }
 

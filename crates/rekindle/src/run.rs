@@ -20,7 +20,7 @@ use rekindle_kafka::{
     admin, source_record, tick_time, Assignment, ChangelogReader, ClockTicker, Deliveries,
     KafkaError, Outgoing, ResumeLookup, Sink, Source, SourceRecord,
 };
-use rekindle_telemetry::{Health, Metrics};
+use rekindle_telemetry::{Health, Metrics, Phase};
 use tokio::sync::watch;
 use tracing::{debug, error, info, info_span, warn, Instrument};
 
@@ -243,7 +243,6 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     // Records sent since the last commit whose acknowledgements are still to be counted.
     let mut deliveries: Deliveries<Sent> = Deliveries::default();
     let mut uncommitted = Uncommitted::default();
-    let mut in_transaction = false;
     while !*shutdown.borrow() {
         let fetching = Instant::now();
         let batch = source
@@ -253,7 +252,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
                 IDLE_WAIT,
             )
             .await?;
-        metrics.phase("fetch", fetching.elapsed().as_secs_f64());
+        metrics.phase(Phase::Fetch, fetching.elapsed().as_secs_f64());
         for change in source.assignment_changes() {
             match change {
                 // The partition's changes since the last commit are dropped with it: its
@@ -343,7 +342,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             }
             uncommitted.since.get_or_insert_with(Instant::now);
             drop(process_span);
-            metrics.phase("process", processing.elapsed().as_secs_f64());
+            metrics.phase(Phase::Process, processing.elapsed().as_secs_f64());
             let triggers = &emitted.triggers;
             let mut encoded: Vec<Vec<u8>> = Vec::with_capacity(triggers.len());
             for trigger in triggers {
@@ -377,9 +376,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             // for the commit.
             let delivering = Instant::now();
             let sent = async {
-                if eos && !in_transaction {
+                // Every batch commits (or aborts) its own transaction.
+                if eos {
                     sink.begin()?;
-                    in_transaction = true;
                 }
                 sink.enqueue(dead.chain(outgoing).chain(audit), &mut deliveries).await?;
                 deliveries.settle_ready()?;
@@ -387,19 +386,13 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             }
             .instrument(info_span!("send", triggers = triggers.len(), audit = audit_encoded.len(), dead_letters = rejected.len()))
             .await;
-            metrics.phase("deliver", delivering.elapsed().as_secs_f64());
+            metrics.phase(Phase::Deliver, delivering.elapsed().as_secs_f64());
             account(&mut deliveries, &metrics, &health);
             let due = eos
                 || uncommitted.records >= settings.pipeline.commit_max_records
                 || uncommitted.since.is_some_and(|t| t.elapsed() >= settings.pipeline.commit_interval);
             let result = match sent {
-                Ok(()) if due => {
-                    let committed = committer.commit(&mut engine, &mut deliveries, &mut uncommitted).await;
-                    if committed.is_ok() {
-                        in_transaction = false;
-                    }
-                    committed
-                }
+                Ok(()) if due => committer.commit(&mut engine, &mut deliveries, &mut uncommitted).await,
                 other => other,
             };
             match result {
@@ -412,7 +405,6 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
                     // read it again from where each partition's uncommitted records began.
                     warn!(error = %format!("{e:#}"), "transaction failed; aborting it and processing the batch again");
                     sink.abort().context("aborting the transaction")?;
-                    in_transaction = false;
                     metrics.transactions_aborted.inc();
                     engine.rollback()?;
                     deliveries.clear();
@@ -567,20 +559,20 @@ impl Committer<'_> {
             info_span!("transaction").in_scope(|| sink.commit(source, &engine.positions()))?;
             metrics.transactions_committed.inc();
             // One transaction holds the triggers and the changelog: all of it is delivery.
-            metrics.phase("deliver", delivering.elapsed().as_secs_f64());
+            metrics.phase(Phase::Deliver, delivering.elapsed().as_secs_f64());
             account(deliveries, metrics, health);
             crash.reached();
             changelog_next
         } else {
             deliveries.settle_all().await?;
-            metrics.phase("deliver", delivering.elapsed().as_secs_f64());
+            metrics.phase(Phase::Deliver, delivering.elapsed().as_secs_f64());
             account(deliveries, metrics, health);
             crash.reached();
             let logging = Instant::now();
             let changelog_next = sink
                 .send_changelog(changelog_topic, changelog_records)
                 .await?;
-            metrics.phase("changelog", logging.elapsed().as_secs_f64());
+            metrics.phase(Phase::Changelog, logging.elapsed().as_secs_f64());
             changelog_next
         };
         metrics
@@ -588,7 +580,7 @@ impl Committer<'_> {
             .inc_by(changelog_count as u64);
         let committing = Instant::now();
         engine.commit(&changelog_next)?;
-        metrics.phase("commit", committing.elapsed().as_secs_f64());
+        metrics.phase(Phase::Commit, committing.elapsed().as_secs_f64());
         if !eos {
             if let Err(e) = source.commit_progress(&engine.positions()) {
                 // Progress reporting only: the stored offsets are what a restart uses.
