@@ -1,6 +1,6 @@
 //! The engine at scale, without a broker: Avro activity for N users streamed from a file
-//! through the engine with the full default rule set, committing every 5,000 records as the
-//! worker does. One child process per point, so each point's peak RSS is its own.
+//! through the engine with the full default rule set, committing every 50,000 records as the
+//! worker does under load. One child process per point, so each point's peak RSS is its own.
 //!
 //! `make bench` runs it after the micro-benchmarks and prints one table row per point:
 //! events/s on one core (the engine is single-threaded), peak RSS, and state bytes per user
@@ -42,8 +42,9 @@ const DAY: i64 = 86_400_000;
 const T0: i64 = 1_767_225_600_000;
 /// Days of history every point spans: the rules' longest lookback.
 const DAYS: i64 = 35;
-/// Records per committed batch: the worker's default `pipeline.batch_max_records`.
-const BATCH: usize = 5_000;
+/// Records per state commit: the worker's default `pipeline.commit_max_records`, which comes
+/// before its 1 s `pipeline.commit_interval` at these rates.
+const COMMIT_RECORDS: usize = 50_000;
 const DEFAULT_POINTS: &str = "100000:5000000,1000000:5000000,1000000:5000000:off,10000000:5000000";
 const TIMEZONES: [&str; 4] = ["UTC", "Europe/Berlin", "America/New_York", "Asia/Tokyo"];
 
@@ -79,7 +80,7 @@ fn main() {
     std::fs::create_dir_all(&dir).expect("scale directory");
     println!();
     println!(
-        "engine at scale: {DAYS} days of history, default rules, batches of {BATCH}, one core"
+        "engine at scale: {DAYS} days of history, default rules, a commit every {COMMIT_RECORDS} records, one core"
     );
     println!(
         "{:>10} {:>10} {:>9} {:>12} {:>10} {:>12} {:>14} {:>14}",
@@ -232,7 +233,7 @@ fn run_point(users: u64, events: u64, file: &Path, state: &Path, analytics: bool
         };
         engine.process(record, &mut out).expect("process");
         processed += 1;
-        if processed.is_multiple_of(BATCH as u64) {
+        if processed.is_multiple_of(COMMIT_RECORDS as u64) {
             engine.commit(&[]).expect("commit");
             triggers += out.triggers.len() as u64;
             out.clear();

@@ -8,7 +8,8 @@ use crate::policy::{time_zone, Holdout, QuietHours};
 use crate::rule::{Candidate, Rule};
 use crate::{
     trigger_id, Attribution, Decision, Deferred, ExperimentCount, Group, Lifecycle, Outcome,
-    Reason, RuleBookConfig, RuleMode, RulesError, Segments, UserProfile, Verdict, Windows,
+    Reactivation, Reason, RuleBookConfig, RuleKey, RuleMode, RulesError, Segments, UserProfile,
+    Verdict, Windows,
 };
 
 /// One activity as the rules see it.
@@ -26,6 +27,8 @@ pub struct RuleBook {
     windows: Windows,
     /// Highest priority first; ties by id, so the order never depends on the file's order.
     rules: Vec<Rule>,
+    /// Every configured rule's name by the key profiles hold, off rules included.
+    names: Vec<(RuleKey, String)>,
     lifecycle: Lifecycle,
     cap: Option<(usize, i64)>,
     quiet: Option<QuietHours>,
@@ -46,6 +49,17 @@ impl RuleBook {
             .iter()
             .map(|(id, rule)| Rule::new(id, rule, windows))
             .collect::<Result<Vec<_>, _>>()?;
+        // Every configured rule, off ones too: their memories stay in profiles.
+        let mut names: Vec<(RuleKey, String)> = Vec::with_capacity(rules.len());
+        for rule in &rules {
+            if let Some((_, other)) = names.iter().find(|(key, _)| *key == rule.key()) {
+                return Err(invalid(
+                    format!("rules.{}", rule.id()),
+                    format!("its stored key collides with rule {other:?}'s: rename one of them"),
+                ));
+            }
+            names.push((rule.key(), rule.id().to_string()));
+        }
         rules.retain(|r| r.mode() != RuleMode::Off);
         let segments = Segments::new(&config.segments, windows)?;
         for rule in &mut rules {
@@ -102,6 +116,7 @@ impl RuleBook {
         Ok(RuleBook {
             windows,
             rules,
+            names,
             lifecycle: Lifecycle::new(&config.lifecycle, windows)?,
             cap,
             quiet: QuietHours::new(&config.policy.quiet_hours)?,
@@ -113,6 +128,14 @@ impl RuleBook {
 
     pub fn windows(&self) -> &Windows {
         &self.windows
+    }
+
+    /// The configured rule (live, shadow or off) a profile's key stands for.
+    pub fn rule_name(&self, key: RuleKey) -> Option<&str> {
+        self.names
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, name)| name.as_str())
     }
 
     /// The rules that are evaluated (live or shadow), highest priority first.
@@ -143,10 +166,10 @@ impl RuleBook {
         rule.candidate(profile, now_ms)
     }
 
-    fn experiment(&self, rule_id: &str) -> Option<&crate::Experiment> {
+    fn experiment(&self, rule: RuleKey) -> Option<&crate::Experiment> {
         self.rules
             .iter()
-            .find(|r| r.id() == rule_id)
+            .find(|r| r.key() == rule)
             .and_then(Rule::experiment)
     }
 
@@ -159,10 +182,11 @@ impl RuleBook {
         rule_id: &str,
         out: &mut Outcome,
     ) {
-        let Some(experiment) = self.experiment(rule_id) else {
+        let key = RuleKey::of(rule_id);
+        let Some(experiment) = self.experiment(key) else {
             return;
         };
-        let memory = profile.memory_mut(rule_id);
+        let memory = profile.memory_mut(key);
         if memory.exposed_in != experiment.tag() || memory.reactivated_in == experiment.tag() {
             return;
         }
@@ -220,8 +244,15 @@ impl RuleBook {
                 if activity.timestamp_ms <= attribution.at_ms {
                     profile.attribution = Some(attribution);
                 } else if activity.timestamp_ms - attribution.at_ms <= self.attribution_ms {
-                    self.count_reactivation(user_id, profile, &attribution.rule, out);
-                    out.reactivated = Some(attribution);
+                    // A rule since removed from the configuration has no figures to count in.
+                    if let Some(rule) = self.rule_name(attribution.rule) {
+                        self.count_reactivation(user_id, profile, rule, out);
+                        out.reactivated = Some(Reactivation {
+                            rule: rule.to_string(),
+                            group: attribution.group,
+                            triggered_at_ms: attribution.at_ms,
+                        });
+                    }
                 }
             }
         }
@@ -396,7 +427,7 @@ impl RuleBook {
         out: &mut Outcome,
     ) {
         let trigger = self.explain(rule, user_id, profile, candidate, now_ms);
-        let memory = profile.memory_mut(rule.id());
+        let memory = profile.memory_mut(rule.key());
         memory.episode_ms = candidate.episode_ms;
         memory.fired_at_ms = now_ms;
         let in_cooldown = memory
@@ -468,14 +499,15 @@ impl RuleBook {
             let excess = profile.sent_ms.len().saturating_sub(max);
             profile.sent_ms.drain(..excess);
         }
-        profile.memory_mut(&trigger.rule_id).last_sent_ms = Some(now_ms);
+        let key = RuleKey::of(&trigger.rule_id);
+        profile.memory_mut(key).last_sent_ms = Some(now_ms);
         let global = self.holdout.group(user_id);
-        let experiment = self.experiment(&trigger.rule_id);
+        let experiment = self.experiment(key);
         let arm = experiment.map(|e| e.arm_of(user_id));
         if let (Some(experiment), Some(arm), Group::Treatment) = (experiment, arm, global) {
             // The global holdout is the control of the whole pipeline; an experiment counts
             // the users it decides about.
-            let memory = profile.memory_mut(&trigger.rule_id);
+            let memory = profile.memory_mut(key);
             if memory.exposed_in != experiment.tag() {
                 memory.exposed_in = experiment.tag();
                 memory.reactivated_in = 0;
@@ -493,7 +525,7 @@ impl RuleBook {
             global
         };
         profile.attribution = Some(Attribution {
-            rule: trigger.rule_id.clone(),
+            rule: key,
             group,
             at_ms: now_ms,
         });
@@ -512,7 +544,7 @@ impl RuleBook {
         verdict: Verdict,
         out: &mut Outcome,
     ) {
-        profile.note(&trigger.rule_id, trigger.fired_at_ms, verdict.label());
+        profile.note(RuleKey::of(&trigger.rule_id), trigger.fired_at_ms, verdict);
         out.decisions.push(Decision { trigger, verdict });
     }
 

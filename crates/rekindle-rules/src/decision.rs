@@ -1,9 +1,12 @@
 use rekindle_events::ReactivationTrigger;
+use serde::{Deserialize, Serialize};
 
-use crate::{Attribution, Group, StageChange};
+use crate::{Group, StageChange};
 
 /// Why a trigger did not go out (or not yet).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+///
+/// Profiles store it by position (in their decision notes): new reasons go at the end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Reason {
     /// The rule runs in shadow mode.
     Shadow,
@@ -52,7 +55,9 @@ impl Reason {
 }
 
 /// What became of a trigger a rule fired.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+///
+/// Profiles store it by position (in their decision notes): new verdicts go at the end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Verdict {
     /// To the delivery topic.
     Sent,
@@ -101,6 +106,15 @@ pub struct Decision {
     pub verdict: Verdict,
 }
 
+/// A user back within the attribution window after a trigger of a configured rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reactivation {
+    pub rule: String,
+    pub group: Group,
+    /// When the trigger went out (or was held out).
+    pub triggered_at_ms: i64,
+}
+
 /// Everything one evaluation changed that the caller reports.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Outcome {
@@ -108,7 +122,7 @@ pub struct Outcome {
     /// The stage before and after this evaluation, when it changed.
     pub stage_change: Option<StageChange>,
     /// A triggered or held-out user came back within the attribution window.
-    pub reactivated: Option<Attribution>,
+    pub reactivated: Option<Reactivation>,
     /// A trigger went out or was held out: the user entered attribution for this group.
     pub attributable: Vec<(String, Group)>,
     /// The RFM segment before and after this evaluation, when it changed.

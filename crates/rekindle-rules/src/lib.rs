@@ -36,7 +36,9 @@ pub use config::{
     AttributionConfig, FrequencyCapConfig, HoldoutConfig, LifecycleConfig, PolicyConfig,
     QuietHoursConfig, RuleBookConfig, RuleConfig, RuleKind, RuleMode,
 };
-pub use decision::{Decision, ExperimentCount, Outcome, Reason, SegmentChange, Verdict};
+pub use decision::{
+    Decision, ExperimentCount, Outcome, Reactivation, Reason, SegmentChange, Verdict,
+};
 pub use error::RulesError;
 pub use experiment::{lift, Arm, ArmConfig, Experiment, Lift};
 pub use growth::{
@@ -45,8 +47,8 @@ pub use growth::{
 };
 pub use policy::{time_zone, Holdout, QuietHours};
 pub use profile::{
-    Attribution, Bucket, BucketSums, DecisionNote, Deferred, Group, RuleMemory, StageMemory,
-    UserProfile, RECENT_DECISIONS,
+    Attribution, Bucket, BucketSums, DecisionNote, Deferred, Group, RuleKey, RuleMemory,
+    StageMemory, UserProfile, RECENT_DECISIONS,
 };
 pub use rule::Rule;
 pub use segment::{Scores, SegmentConfig, SegmentRuleConfig, Segments, MAX_SEGMENTS};

@@ -1,7 +1,28 @@
 use rekindle_events::ReactivationTrigger;
 use serde::{Deserialize, Serialize};
 
-use crate::{ActiveDays, LifecycleStage, Windows};
+use crate::{ActiveDays, LifecycleStage, Verdict, Windows};
+
+/// A rule as profiles hold it: four bytes of a hash of its name. Names were most of a
+/// profile's bytes (every episode memory, attribution and decision note repeated one); the
+/// rule book resolves keys to names and refuses two rules whose keys collide.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct RuleKey([u8; 4]);
+
+impl RuleKey {
+    pub fn of(name: &str) -> RuleKey {
+        // The low half of XXH3-64: stable across platforms and releases, as stored keys must be.
+        let hash = xxhash_rust::xxh3::xxh3_64(name.as_bytes()) as u32;
+        RuleKey(hash.to_le_bytes())
+    }
+}
+
+impl std::fmt::Display for RuleKey {
+    /// How a key shows when no configured rule has it (the rule was removed or renamed).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "rule#{:08x}", u32::from_le_bytes(self.0))
+    }
+}
 
 /// Activity in one bucket (a UTC day by default). A bucket exists only if the user was active
 /// in it, so presence is the active flag.
@@ -16,7 +37,7 @@ pub struct Bucket {
 /// What one rule remembers about one user.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RuleMemory {
-    pub rule: String,
+    pub rule: RuleKey,
     /// The episode this rule last fired for (its start: last activity, first activity or
     /// the day boundary, by kind), so that one episode never fires twice, whatever replays
     /// or late events do.
@@ -60,7 +81,7 @@ impl Group {
 /// The latest trigger sent (or held out) for a user, waiting for the user to come back.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Attribution {
-    pub rule: String,
+    pub rule: RuleKey,
     pub group: Group,
     pub at_ms: i64,
 }
@@ -68,10 +89,10 @@ pub struct Attribution {
 /// One of a user's latest decisions, kept for `rekindle inspect`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DecisionNote {
-    pub rule: String,
+    pub rule: RuleKey,
     pub at_ms: i64,
-    /// `sent`, or the verdict and reason, e.g. `suppressed:capped`.
-    pub outcome: String,
+    /// Shown as [`Verdict::label`], e.g. `sent` or `suppressed:capped`.
+    pub verdict: Verdict,
 }
 
 /// How many decisions a profile remembers.
@@ -147,16 +168,16 @@ impl UserProfile {
         self.last_active_ms > 0
     }
 
-    pub fn memory(&self, rule: &str) -> Option<&RuleMemory> {
+    pub fn memory(&self, rule: RuleKey) -> Option<&RuleMemory> {
         self.rules.iter().find(|m| m.rule == rule)
     }
 
-    pub fn memory_mut(&mut self, rule: &str) -> &mut RuleMemory {
+    pub fn memory_mut(&mut self, rule: RuleKey) -> &mut RuleMemory {
         let at = match self.rules.iter().position(|m| m.rule == rule) {
             Some(at) => at,
             None => {
                 self.rules.push(RuleMemory {
-                    rule: rule.to_string(),
+                    rule,
                     ..RuleMemory::default()
                 });
                 self.rules.len() - 1
@@ -165,14 +186,14 @@ impl UserProfile {
         &mut self.rules[at]
     }
 
-    pub fn note(&mut self, rule: &str, at_ms: i64, outcome: String) {
+    pub fn note(&mut self, rule: RuleKey, at_ms: i64, verdict: Verdict) {
         if self.recent.len() >= RECENT_DECISIONS {
             self.recent.remove(0);
         }
         self.recent.push(DecisionNote {
-            rule: rule.to_string(),
+            rule,
             at_ms,
-            outcome,
+            verdict,
         });
     }
 

@@ -5,7 +5,7 @@ use crate::engagement_drop::EngagementDrop;
 use crate::error::invalid;
 use crate::new_user::NewUserNoReturn;
 use crate::silence::SilenceRule;
-use crate::{RuleConfig, RuleKind, RuleMode, RulesError, UserProfile, Windows};
+use crate::{RuleConfig, RuleKey, RuleKind, RuleMode, RulesError, UserProfile, Windows};
 
 /// When a rule wants to fire for a user, and for which episode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,6 +26,7 @@ enum Logic {
 #[derive(Debug, Clone)]
 pub struct Rule {
     id: String,
+    key: RuleKey,
     kind: RuleKind,
     mode: RuleMode,
     priority: i32,
@@ -219,6 +220,7 @@ impl Rule {
         );
         Ok(Rule {
             id: id.to_string(),
+            key: RuleKey::of(id),
             kind,
             mode: config.mode,
             priority: config.priority,
@@ -263,6 +265,11 @@ impl Rule {
         &self.id
     }
 
+    /// What profiles hold for this rule instead of its name.
+    pub fn key(&self) -> RuleKey {
+        self.key
+    }
+
     pub fn kind(&self) -> RuleKind {
         self.kind
     }
@@ -287,7 +294,7 @@ impl Rule {
 
     /// The next episode this rule would fire for, and when, if nothing else happens.
     pub(crate) fn candidate(&self, profile: &UserProfile, now_ms: i64) -> Option<Candidate> {
-        let memory = profile.memory(&self.id);
+        let memory = profile.memory(self.key);
         match &self.logic {
             Logic::Silence(r) => r.candidate(profile, memory.map(|m| m.episode_ms)),
             Logic::Drop(r) => r.candidate(profile, memory.map(|m| m.episode_ms), self.cooldown_ms),

@@ -42,7 +42,7 @@ struct Sim {
     profile: UserProfile,
     now: i64,
     decisions: Vec<Decision>,
-    reactivated: Vec<Attribution>,
+    reactivated: Vec<Reactivation>,
     attributable: Vec<(String, Group)>,
     stages: Vec<(i64, Option<LifecycleStage>)>,
 }
@@ -526,10 +526,10 @@ fn holdout_users_are_recorded_not_sent_and_their_returns_attributed() {
     );
     assert_eq!(
         sim.reactivated,
-        vec![Attribution {
+        vec![Reactivation {
             rule: "lapsed_7d".into(),
             group: Group::Holdout,
-            at_ms: T0 + 9 * DAY
+            triggered_at_ms: T0 + 9 * DAY
         }]
     );
 }
@@ -660,6 +660,31 @@ fn configuration_errors_name_their_key() {
         ..new_user_rule()
     };
     assert!(err(new_user).starts_with("rules.r.first_seen_within"));
+}
+
+#[test]
+fn rules_are_stored_by_a_stable_key_and_colliding_names_are_refused() {
+    // Profiles hold these keys: a different hash would orphan every user's rule memory.
+    assert_eq!(RuleKey::of("lapsed_7d").to_string(), "rule#b5a7da58");
+    let windows = Windows::new(&WindowConfig::default()).expect("windows");
+    let book = RuleBook::new(windows, &config(&[("lapsed_7d", lapsed(30))])).expect("book");
+    assert_eq!(book.rule_name(RuleKey::of("lapsed_7d")), Some("lapsed_7d"));
+    assert_eq!(book.rule_name(RuleKey::of("lapsed_8d")), None);
+    // Two names with the same 32-bit key, found by search.
+    let err = RuleBook::new(
+        windows,
+        &config(&[("lapsed_3443", lapsed(30)), ("lapsed_58596", lapsed(20))]),
+    )
+    .map(|_| ())
+    .map_err(|e| e.to_string())
+    .err()
+    .unwrap_or_default();
+    assert!(err.contains("collides with rule \"lapsed_3443\""), "{err}");
+    // Decision notes store verdicts by position: reordering the enums changes stored data.
+    let stored = |v: Verdict| postcard::to_allocvec(&v).expect("encode");
+    assert_eq!(stored(Verdict::Sent), [0]);
+    assert_eq!(stored(Verdict::Suppressed(Reason::Capped)), [1, 3]);
+    assert_eq!(stored(Verdict::Cancelled(Reason::UserDeleted)), [3, 8]);
 }
 
 #[test]

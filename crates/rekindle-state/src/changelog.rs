@@ -19,7 +19,7 @@ use crate::error::encode;
 use crate::StateError;
 
 /// Bumped with the profile layout (the state's format version follows it).
-pub const CHANGELOG_VERSION: u8 = 5;
+pub const CHANGELOG_VERSION: u8 = 6;
 const USER_PREFIX: u8 = b'u';
 const META_KEY: &[u8] = b"m";
 const GROWTH_KEY: &[u8] = b"g";

@@ -1,4 +1,8 @@
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::BTreeSet;
+
+use foldhash::fast::RandomState;
+use foldhash::{HashSet, HashSetExt};
+use hashbrown::hash_map::EntryRef;
 
 use rekindle_rules::{GrowthFigures, UserProfile, MAX_SEGMENTS};
 use rocksdb::WriteBatch;
@@ -78,6 +82,52 @@ impl TimerWindow {
     }
 }
 
+/// The partition's profiles in memory: the current batch's changes and, across batches,
+/// recently used profiles while the cache has room.
+#[derive(Default)]
+struct Profiles {
+    map: hashbrown::HashMap<String, Cached, RandomState>,
+    /// Users whose cached profile is dirty, in the order they were first changed.
+    dirty: Vec<String>,
+    /// Users deleted this batch: their profiles are removed at flush.
+    deleted: HashSet<String>,
+}
+
+impl Profiles {
+    /// The user's profile, read from `store` unless cached, marked changed in this batch.
+    fn get_mut(
+        &mut self,
+        store: &Store,
+        partition: u32,
+        batch: u64,
+        user_id: &str,
+    ) -> Result<&mut UserProfile, StateError> {
+        // One lookup; the id is copied into the map only for a user not in it.
+        let entry = match self.map.entry_ref(user_id) {
+            EntryRef::Occupied(entry) => entry.into_mut(),
+            EntryRef::Vacant(entry) => {
+                // A user deleted earlier in this batch starts afresh, whatever is stored.
+                let profile = if self.deleted.remove(user_id) {
+                    UserProfile::default()
+                } else {
+                    store.profile(partition, user_id)?.unwrap_or_default()
+                };
+                entry.insert(Cached {
+                    profile,
+                    dirty: false,
+                    used: batch,
+                })
+            }
+        };
+        entry.used = batch;
+        if !entry.dirty {
+            entry.dirty = true;
+            self.dirty.push(user_id.to_string());
+        }
+        Ok(&mut entry.profile)
+    }
+}
+
 /// One user moved from slot `from` to slot `to` of a count (`None`: counted in neither).
 fn move_count(slots: &mut [i64], from: Option<usize>, to: Option<usize>) {
     if let Some(slot) = from.and_then(|i| slots.get_mut(i)) {
@@ -100,11 +150,7 @@ pub struct PartitionState {
     partition: u32,
     meta: PartitionMeta,
     has_meta: bool,
-    cache: HashMap<String, Cached>,
-    /// Users whose cached profile is dirty, in the order they were first changed.
-    dirty: Vec<String>,
-    /// Users deleted this batch: their profiles are removed at flush.
-    deleted: HashSet<String>,
+    profiles: Profiles,
     /// This batch's changes to the stored timer index.
     timers_added: BTreeSet<(i64, String)>,
     timers_deleted: HashSet<(i64, String)>,
@@ -143,9 +189,7 @@ impl PartitionState {
             partition,
             meta: stored.unwrap_or_default(),
             has_meta: stored.is_some(),
-            cache: HashMap::new(),
-            dirty: Vec::new(),
-            deleted: HashSet::new(),
+            profiles: Profiles::default(),
             timers_added: BTreeSet::new(),
             timers_deleted: HashSet::new(),
             timers,
@@ -211,13 +255,11 @@ impl PartitionState {
         user_id: &str,
     ) -> Result<(&mut UserProfile, &mut GrowthFigures), StateError> {
         self.growth_dirty = true;
-        self.profile_mut(user_id)?;
-        let entry = self.cache.get_mut(user_id).ok_or(StateError::Corrupt {
-            what: "profile cache",
-            partition: self.partition,
-            reason: "entry vanished".into(),
-        })?;
-        Ok((&mut entry.profile, &mut self.growth))
+        self.encoded = None;
+        let profile = self
+            .profiles
+            .get_mut(&self.store, self.partition, self.batch, user_id)?;
+        Ok((profile, &mut self.growth))
     }
 
     /// Applies an RFM segment change to the partition's per-segment user counts.
@@ -248,47 +290,19 @@ impl PartitionState {
     /// (it knows the time from the profile).
     pub fn delete_profile(&mut self, user_id: &str) {
         self.encoded = None;
-        if self.cache.remove(user_id).is_some_and(|c| c.dirty) {
+        if self.profiles.map.remove(user_id).is_some_and(|c| c.dirty) {
             // Deletions are rare: a linear pass keeps the list free of duplicates should the
             // user come back within the batch.
-            self.dirty.retain(|u| u != user_id);
+            self.profiles.dirty.retain(|u| u != user_id);
         }
-        self.deleted.insert(user_id.to_string());
+        self.profiles.deleted.insert(user_id.to_string());
     }
 
     /// The user's profile, read from RocksDB unless cached, written back at flush.
     pub fn profile_mut(&mut self, user_id: &str) -> Result<&mut UserProfile, StateError> {
         self.encoded = None;
-        let batch = self.batch;
-        if !self.cache.contains_key(user_id) {
-            // A user deleted earlier in this batch starts afresh, whatever is stored.
-            let profile = if self.deleted.remove(user_id) {
-                UserProfile::default()
-            } else {
-                self.store
-                    .profile(self.partition, user_id)?
-                    .unwrap_or_default()
-            };
-            self.cache.insert(
-                user_id.to_string(),
-                Cached {
-                    profile,
-                    dirty: false,
-                    used: batch,
-                },
-            );
-        }
-        let entry = self.cache.get_mut(user_id).ok_or(StateError::Corrupt {
-            what: "profile cache",
-            partition: self.partition,
-            reason: "entry vanished".into(),
-        })?;
-        entry.used = batch;
-        if !entry.dirty {
-            entry.dirty = true;
-            self.dirty.push(user_id.to_string());
-        }
-        Ok(&mut entry.profile)
+        self.profiles
+            .get_mut(&self.store, self.partition, self.batch, user_id)
     }
 
     /// Moves the user's single timer. Callers keep `UserProfile::wake_at_ms` in step.
@@ -404,25 +418,28 @@ impl PartitionState {
 
     /// Number of profiles changed in the current batch.
     pub fn dirty_profiles(&self) -> usize {
-        self.dirty.len()
+        self.profiles.dirty.len()
     }
 
     /// Profiles held in memory (changed or not).
     pub fn cached_profiles(&self) -> usize {
-        self.cache.len()
+        self.profiles.map.len()
     }
 
     /// True when the batch changed anything a flush would write.
     pub fn is_dirty(&self) -> bool {
-        self.meta_dirty || self.growth_dirty || !self.dirty.is_empty() || !self.deleted.is_empty()
+        self.meta_dirty
+            || self.growth_dirty
+            || !self.profiles.dirty.is_empty()
+            || !self.profiles.deleted.is_empty()
     }
 
     fn encode_profiles(&mut self) -> Result<&[(String, Vec<u8>)], StateError> {
         if self.encoded.is_none() {
-            let mut encoded = Vec::with_capacity(self.dirty.len());
-            for user in &self.dirty {
+            let mut encoded = Vec::with_capacity(self.profiles.dirty.len());
+            for user in &self.profiles.dirty {
                 // Deleted after it was changed: only the deletion is written.
-                let Some(entry) = self.cache.get(user).filter(|e| e.dirty) else {
+                let Some(entry) = self.profiles.map.get(user).filter(|e| e.dirty) else {
                     continue;
                 };
                 encoded.push((user.clone(), encode("profile", &entry.profile)?));
@@ -446,7 +463,7 @@ impl PartitionState {
         for (user, value) in self.encode_profiles()? {
             records.push(profile_record(user, value));
         }
-        for user in &self.deleted {
+        for user in &self.profiles.deleted {
             records.push(tombstone(user));
         }
         if self.growth_dirty {
@@ -475,7 +492,7 @@ impl PartitionState {
         for (user, value) in self.encoded.as_deref().unwrap_or_default() {
             batch.put_cf(profiles_cf, profile_key(self.partition, user), value);
         }
-        for user in &self.deleted {
+        for user in &self.profiles.deleted {
             batch.delete_cf(profiles_cf, profile_key(self.partition, user));
         }
         let mut timers_deleted: Vec<&(i64, String)> = self.timers_deleted.iter().collect();
@@ -498,12 +515,12 @@ impl PartitionState {
         self.meta_dirty = false;
         self.growth_dirty = false;
         self.encoded = None;
-        for user in self.dirty.drain(..) {
-            if let Some(entry) = self.cache.get_mut(&user) {
+        for user in self.profiles.dirty.drain(..) {
+            if let Some(entry) = self.profiles.map.get_mut(&user) {
                 entry.dirty = false;
             }
         }
-        self.deleted.clear();
+        self.profiles.deleted.clear();
         self.timers_added.clear();
         self.timers_deleted.clear();
         self.batch += 1;
@@ -514,21 +531,27 @@ impl PartitionState {
     /// Cuts the (all clean) cache to 90 % of its share, least recently used batches first.
     fn evict(&mut self) {
         let share = self.store.profile_cache_share();
-        if self.cache.len() <= share {
+        if self.profiles.map.len() <= share {
             return;
         }
         let keep = share - share / 10;
-        let mut ages: Vec<u64> = self.cache.values().map(|c| c.used).collect();
+        let mut ages: Vec<u64> = self.profiles.map.values().map(|c| c.used).collect();
         let drop = ages.len() - keep;
         if keep == 0 {
-            self.cache.clear();
+            self.profiles.map.clear();
             return;
         }
         let (_, oldest_kept, _) = ages.select_nth_unstable_by(drop, |a, b| a.cmp(b));
         let threshold = *oldest_kept;
         // Entries used before the threshold batch all go; ties at it go until enough have.
-        let mut at_threshold = drop - self.cache.values().filter(|c| c.used < threshold).count();
-        self.cache.retain(|_, c| {
+        let mut at_threshold = drop
+            - self
+                .profiles
+                .map
+                .values()
+                .filter(|c| c.used < threshold)
+                .count();
+        self.profiles.map.retain(|_, c| {
             if c.used < threshold {
                 false
             } else if c.used == threshold && at_threshold > 0 {
@@ -684,8 +707,8 @@ mod tests {
             assert!(p.cached_profiles() <= 100, "{}", p.cached_profiles());
         }
         // The latest batch's users are cached; evicted ones still read back from RocksDB.
-        assert!(p.cache.contains_key("u9-0"));
-        assert!(!p.cache.contains_key("u0-0"));
+        assert!(p.profiles.map.contains_key("u9-0"));
+        assert!(!p.profiles.map.contains_key("u0-0"));
         assert_eq!(p.profile_mut("u0-7").expect("profile").last_active_ms, 0);
         assert_eq!(p.dirty_profiles(), 1);
         // A second open partition halves every partition's share.

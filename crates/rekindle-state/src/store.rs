@@ -17,7 +17,7 @@ pub(crate) const CF_PROFILES: &str = "profiles";
 pub(crate) const CF_TIMERS: &str = "timers";
 pub(crate) const CF_META: &str = "meta";
 /// Bumped whenever a key or value layout changes incompatibly.
-const FORMAT_VERSION: u32 = 5;
+const FORMAT_VERSION: u32 = 6;
 const FORMAT_KEY: &[u8] = b"format_version";
 
 /// Tuning that reaches RocksDB.

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
+use rekindle_rules::RuleKey;
 use rekindle_state::Store;
 use serde_json::json;
 
@@ -49,10 +50,15 @@ pub fn inspect(settings: &Settings, args: &InspectArgs) -> anyhow::Result<()> {
             let name = segments.name(segments.segment_at(&profile, clock)?)?;
             Some(json!({"segment": name, "r": scores.r, "f": scores.f, "m": scores.m}))
         });
+        // Profiles hold rules by key: the configuration names them.
+        let rule = |key: RuleKey| {
+            book.rule_name(key)
+                .map_or_else(|| key.to_string(), str::to_string)
+        };
         let decisions: Vec<_> = profile
             .recent
             .iter()
-            .map(|d| json!({"rule": d.rule, "at": time(d.at_ms), "outcome": d.outcome}))
+            .map(|d| json!({"rule": rule(d.rule), "at": time(d.at_ms), "outcome": d.verdict.label()}))
             .collect();
         let report = json!({
             "user_id": args.user,
@@ -72,10 +78,10 @@ pub fn inspect(settings: &Settings, args: &InspectArgs) -> anyhow::Result<()> {
                 "rule": d.trigger.rule_id, "trigger_id": d.trigger.trigger_id, "release_at": time(d.release_ms)
             })),
             "attribution": profile.attribution.as_ref().map(|a| json!({
-                "rule": a.rule, "group": a.group.as_str(), "since": time(a.at_ms)
+                "rule": rule(a.rule), "group": a.group.as_str(), "since": time(a.at_ms)
             })),
             "rules": profile.rules.iter().map(|m| json!({
-                "rule": m.rule, "last_episode": time(m.episode_ms), "fired_at": time(m.fired_at_ms),
+                "rule": rule(m.rule), "last_episode": time(m.episode_ms), "fired_at": time(m.fired_at_ms),
                 "last_sent": m.last_sent_ms.map(time)
             })).collect::<Vec<_>>(),
             "recent_decisions": decisions,
