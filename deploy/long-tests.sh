@@ -23,13 +23,19 @@ run_lane() {
     exe=$(executable_of "$t")
     [ -n "$exe" ] || { echo "long-tests: no test binary for $t" >&2; return 1; }
     local started=$SECONDS
-    if "$exe" --nocapture >"$logs/$t.log" 2>&1; then
+    # Workers' directories are kept so that a failure shows what the workers logged.
+    if REKINDLE_TEST_KEEP=1 "$exe" --nocapture >"$logs/$t.log" 2>&1; then
       echo "long-tests: $t passed in $((SECONDS - started)) s"
     else
       status=1
       echo "long-tests: $t FAILED; its output:" >&2
       grep -v '^trigger reader:' "$logs/$t.log" | tail -n 40 >&2
+      for dir in $(sed -n 's/^worker directory: //p' "$logs/$t.log"); do
+        echo "long-tests: $t: warnings and errors in $dir/worker.log:" >&2
+        grep -h '"level":"\(WARN\|ERROR\)"' "$dir"/*.log 2>/dev/null | tail -n 30 >&2 || true
+      done
     fi
+    sed -n 's/^worker directory: //p' "$logs/$t.log" | xargs -r rm -rf
   done
   return $status
 }

@@ -12,6 +12,11 @@ use tokio::time::{timeout, Instant};
 use tracing::{error, info, warn};
 
 use crate::tick::TICK_HEADER;
+
+/// Seeks back after an aborted transaction: attempts, and the pause before the second (it
+/// grows with each).
+const SEEK_ATTEMPTS: u32 = 5;
+const SEEK_RETRY_PAUSE: Duration = Duration::from_millis(200);
 use crate::{KafkaError, KafkaSettings};
 
 /// A change in the partitions this worker owns.
@@ -287,15 +292,42 @@ impl Source {
     }
 
     /// Moves owned partitions back to the given offsets, so that a batch whose transaction
-    /// was aborted is read again.
-    pub fn rewind(&self, next_offsets: &[(u32, i64)]) -> Result<(), KafkaError> {
-        if next_offsets.is_empty() {
-            return Ok(());
+    /// was aborted is read again. librdkafka reports a seek that did not take per partition
+    /// (for one, a partition whose fetcher has not started yet answers "erroneous state"):
+    /// those are tried again, and if one still fails the error ends the worker, which then
+    /// resumes from its state. Reading on from where the partition was would skip the
+    /// aborted batch, and its triggers with it.
+    pub async fn rewind(&self, next_offsets: &[(u32, i64)]) -> Result<(), KafkaError> {
+        let mut pending = next_offsets.to_vec();
+        for attempt in 1..=SEEK_ATTEMPTS {
+            if pending.is_empty() {
+                return Ok(());
+            }
+            let answered = self
+                .consumer
+                .seek_partitions(self.offsets(&pending)?, Duration::from_secs(10))?;
+            let mut failed = Vec::new();
+            for element in answered.elements() {
+                if let Err(e) = element.error() {
+                    let partition = element.partition() as u32;
+                    warn!(partition, attempt, error = %e, "seek back after an aborted transaction failed");
+                    failed.extend(pending.iter().filter(|(p, _)| *p == partition).copied());
+                }
+            }
+            pending = failed;
+            if !pending.is_empty() && attempt < SEEK_ATTEMPTS {
+                tokio::time::sleep(SEEK_RETRY_PAUSE * attempt).await;
+            }
         }
-        let tpl = self.offsets(next_offsets)?;
-        self.consumer
-            .seek_partitions(tpl, std::time::Duration::from_secs(10))?;
-        Ok(())
+        match pending.first() {
+            None => Ok(()),
+            Some((partition, offset)) => Err(KafkaError::Topic {
+                topic: self.topic.clone(),
+                reason: format!(
+                    "partition {partition} could not be moved back to offset {offset} after an aborted transaction"
+                ),
+            }),
+        }
     }
 
     /// Reports progress to the group. Asynchronous: state, not the group, is the truth.

@@ -408,7 +408,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
                     metrics.transactions_aborted.inc();
                     engine.rollback()?;
                     deliveries.clear();
-                    source.rewind(&uncommitted.starts.iter().map(|(p, o)| (*p, *o)).collect::<Vec<_>>())?;
+                    source.rewind(&uncommitted.starts.iter().map(|(p, o)| (*p, *o)).collect::<Vec<_>>()).await?;
                     uncommitted = Uncommitted::default();
                     consecutive_aborts = consecutive_aborts.saturating_add(1);
                     let pause = ABORT_BACKOFF.saturating_mul(1 << consecutive_aborts.min(6)).min(ABORT_BACKOFF_MAX);
