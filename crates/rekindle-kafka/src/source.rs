@@ -12,12 +12,12 @@ use tokio::time::{timeout, Instant};
 use tracing::{error, info, warn};
 
 use crate::tick::TICK_HEADER;
+use crate::{KafkaError, KafkaSettings};
 
 /// Seeks back after an aborted transaction: attempts, and the pause before the second (it
 /// grows with each).
 const SEEK_ATTEMPTS: u32 = 5;
 const SEEK_RETRY_PAUSE: Duration = Duration::from_millis(200);
-use crate::{KafkaError, KafkaSettings};
 
 /// A change in the partitions this worker owns.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -173,16 +173,16 @@ impl RuleBook {
             .and_then(Rule::experiment)
     }
 
-    /// A user back within the attribution window after a trigger of `rule_id` counts once as
-    /// reactivated in its arm of the rule's experiment (if it counted as triggered in it).
+    /// A user back within the attribution window after a trigger of `rule_id` (stored as
+    /// `key`) counts once as reactivated in its arm of the rule's experiment (if it counted
+    /// as triggered in it).
     fn count_reactivation(
         &self,
         user_id: &str,
         profile: &mut UserProfile,
-        rule_id: &str,
+        (key, rule_id): (RuleKey, &str),
         out: &mut Outcome,
     ) {
-        let key = RuleKey::of(rule_id);
         let Some(experiment) = self.experiment(key) else {
             return;
         };
@@ -246,7 +246,8 @@ impl RuleBook {
                 } else if activity.timestamp_ms - attribution.at_ms <= self.attribution_ms {
                     // A rule since removed from the configuration has no figures to count in.
                     if let Some(rule) = self.rule_name(attribution.rule) {
-                        self.count_reactivation(user_id, profile, rule, out);
+                        let rule_key = (attribution.rule, rule);
+                        self.count_reactivation(user_id, profile, rule_key, out);
                         out.reactivated = Some(Reactivation {
                             rule: rule.to_string(),
                             group: attribution.group,

@@ -3,9 +3,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::{ActiveDays, LifecycleStage, Verdict, Windows};
 
-/// A rule as profiles hold it: four bytes of a hash of its name. Names were most of a
-/// profile's bytes (every episode memory, attribution and decision note repeated one); the
-/// rule book resolves keys to names and refuses two rules whose keys collide.
+/// A rule as profiles hold it: four bytes of a hash of its name. Names were about a third
+/// of a profile's bytes (every episode memory, attribution and decision note repeated one);
+/// the rule book resolves keys to names and refuses two rules whose keys collide.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct RuleKey([u8; 4]);
 
