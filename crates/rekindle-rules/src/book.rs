@@ -458,11 +458,11 @@ impl RuleBook {
             .and_then(|q| q.release_at(profile.timezone.as_deref(), now_ms));
         match release {
             Some(release_ms) => {
-                profile.deferred = Some(Deferred {
+                profile.deferred = Some(Box::new(Deferred {
                     trigger: trigger.clone(),
                     priority: rule.priority(),
                     release_ms,
-                });
+                }));
                 self.decide(profile, trigger, Verdict::Deferred { release_ms }, out);
             }
             None => self.deliver(user_id, profile, trigger, now_ms, out),

@@ -124,7 +124,8 @@ pub struct UserProfile {
     pub rules: Vec<RuleMemory>,
     /// Times of the triggers sent (or held out) inside the frequency-cap window, oldest first.
     pub sent_ms: Vec<i64>,
-    pub deferred: Option<Deferred>,
+    /// Boxed: rare, and the largest field, which every profile in memory would carry.
+    pub deferred: Option<Box<Deferred>>,
     pub attribution: Option<Attribution>,
     /// The IANA zone named by the user's latest event that named a valid one.
     pub timezone: Option<String>,

@@ -23,6 +23,7 @@ mod changelog;
 mod error;
 mod keys;
 mod partition;
+mod profile_cache;
 mod restore;
 mod store;
 

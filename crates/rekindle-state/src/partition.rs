@@ -1,8 +1,6 @@
 use std::collections::BTreeSet;
 
-use foldhash::fast::RandomState;
 use foldhash::{HashSet, HashSetExt};
-use hashbrown::hash_map::EntryRef;
 
 use rekindle_rules::{GrowthFigures, UserProfile, MAX_SEGMENTS};
 use rocksdb::WriteBatch;
@@ -12,6 +10,7 @@ use crate::changelog::{
 };
 use crate::error::encode;
 use crate::keys::{growth_key, partition_prefix, profile_key, timer_key};
+use crate::profile_cache::ProfileCache;
 use crate::store::{OpenPartition, CF_META, CF_PROFILES, CF_TIMERS};
 use crate::{PartitionMeta, StateError, Store};
 
@@ -25,15 +24,6 @@ const TIMER_WINDOW_MAX: usize = 65_536;
 pub struct DueTimer {
     pub due_ms: i64,
     pub user_id: String,
-}
-
-/// A profile held in memory, across batches while the cache has room.
-struct Cached {
-    profile: UserProfile,
-    /// Changed in the current batch: written at the next flush.
-    dirty: bool,
-    /// The batch that last used it, for eviction (least recently used batches go first).
-    used: u64,
 }
 
 /// The earliest part of the partition's timer index, held in memory so that checking for
@@ -82,52 +72,6 @@ impl TimerWindow {
     }
 }
 
-/// The partition's profiles in memory: the current batch's changes and, across batches,
-/// recently used profiles while the cache has room.
-#[derive(Default)]
-struct Profiles {
-    map: hashbrown::HashMap<String, Cached, RandomState>,
-    /// Users whose cached profile is dirty, in the order they were first changed.
-    dirty: Vec<String>,
-    /// Users deleted this batch: their profiles are removed at flush.
-    deleted: HashSet<String>,
-}
-
-impl Profiles {
-    /// The user's profile, read from `store` unless cached, marked changed in this batch.
-    fn get_mut(
-        &mut self,
-        store: &Store,
-        partition: u32,
-        batch: u64,
-        user_id: &str,
-    ) -> Result<&mut UserProfile, StateError> {
-        // One lookup; the id is copied into the map only for a user not in it.
-        let entry = match self.map.entry_ref(user_id) {
-            EntryRef::Occupied(entry) => entry.into_mut(),
-            EntryRef::Vacant(entry) => {
-                // A user deleted earlier in this batch starts afresh, whatever is stored.
-                let profile = if self.deleted.remove(user_id) {
-                    UserProfile::default()
-                } else {
-                    store.profile(partition, user_id)?.unwrap_or_default()
-                };
-                entry.insert(Cached {
-                    profile,
-                    dirty: false,
-                    used: batch,
-                })
-            }
-        };
-        entry.used = batch;
-        if !entry.dirty {
-            entry.dirty = true;
-            self.dirty.push(user_id.to_string());
-        }
-        Ok(&mut entry.profile)
-    }
-}
-
 /// One user moved from slot `from` to slot `to` of a count (`None`: counted in neither).
 fn move_count(slots: &mut [i64], from: Option<usize>, to: Option<usize>) {
     if let Some(slot) = from.and_then(|i| slots.get_mut(i)) {
@@ -150,7 +94,7 @@ pub struct PartitionState {
     partition: u32,
     meta: PartitionMeta,
     has_meta: bool,
-    profiles: Profiles,
+    profiles: ProfileCache,
     /// This batch's changes to the stored timer index.
     timers_added: BTreeSet<(i64, String)>,
     timers_deleted: HashSet<(i64, String)>,
@@ -189,7 +133,7 @@ impl PartitionState {
             partition,
             meta: stored.unwrap_or_default(),
             has_meta: stored.is_some(),
-            profiles: Profiles::default(),
+            profiles: ProfileCache::default(),
             timers_added: BTreeSet::new(),
             timers_deleted: HashSet::new(),
             timers,
@@ -256,9 +200,10 @@ impl PartitionState {
     ) -> Result<(&mut UserProfile, &mut GrowthFigures), StateError> {
         self.growth_dirty = true;
         self.encoded = None;
-        let profile = self
-            .profiles
-            .get_mut(&self.store, self.partition, self.batch, user_id)?;
+        let share = self.store.profile_cache_share();
+        let profile =
+            self.profiles
+                .get_mut(&self.store, self.partition, self.batch, share, user_id)?;
         Ok((profile, &mut self.growth))
     }
 
@@ -290,19 +235,15 @@ impl PartitionState {
     /// (it knows the time from the profile).
     pub fn delete_profile(&mut self, user_id: &str) {
         self.encoded = None;
-        if self.profiles.map.remove(user_id).is_some_and(|c| c.dirty) {
-            // Deletions are rare: a linear pass keeps the list free of duplicates should the
-            // user come back within the batch.
-            self.profiles.dirty.retain(|u| u != user_id);
-        }
-        self.profiles.deleted.insert(user_id.to_string());
+        self.profiles.delete(user_id);
     }
 
     /// The user's profile, read from RocksDB unless cached, written back at flush.
     pub fn profile_mut(&mut self, user_id: &str) -> Result<&mut UserProfile, StateError> {
         self.encoded = None;
+        let share = self.store.profile_cache_share();
         self.profiles
-            .get_mut(&self.store, self.partition, self.batch, user_id)
+            .get_mut(&self.store, self.partition, self.batch, share, user_id)
     }
 
     /// Moves the user's single timer. Callers keep `UserProfile::wake_at_ms` in step.
@@ -418,36 +359,22 @@ impl PartitionState {
 
     /// Number of profiles changed in the current batch.
     pub fn dirty_profiles(&self) -> usize {
-        self.profiles.dirty.len()
+        self.profiles.changed()
     }
 
     /// Profiles held in memory (changed or not).
     pub fn cached_profiles(&self) -> usize {
-        self.profiles.map.len()
+        self.profiles.len()
     }
 
     /// True when the batch changed anything a flush would write.
     pub fn is_dirty(&self) -> bool {
-        self.meta_dirty
-            || self.growth_dirty
-            || !self.profiles.dirty.is_empty()
-            || !self.profiles.deleted.is_empty()
+        self.meta_dirty || self.growth_dirty || self.profiles.is_dirty()
     }
 
     fn encode_profiles(&mut self) -> Result<&[(String, Vec<u8>)], StateError> {
         if self.encoded.is_none() {
-            let mut encoded = Vec::with_capacity(self.profiles.dirty.len());
-            for user in &self.profiles.dirty {
-                // Deleted after it was changed: only the deletion is written.
-                let Some(entry) = self.profiles.map.get(user).filter(|e| e.dirty) else {
-                    continue;
-                };
-                encoded.push((user.clone(), encode("profile", &entry.profile)?));
-            }
-            // In key order: RocksDB's memtable inserts a sorted run next to the previous
-            // key instead of searching its skip list from the top for each one.
-            encoded.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-            self.encoded = Some(encoded);
+            self.encoded = Some(self.profiles.encode_changed()?);
         }
         Ok(self.encoded.as_deref().unwrap_or_default())
     }
@@ -463,7 +390,7 @@ impl PartitionState {
         for (user, value) in self.encode_profiles()? {
             records.push(profile_record(user, value));
         }
-        for user in &self.profiles.deleted {
+        for user in self.profiles.deleted() {
             records.push(tombstone(user));
         }
         if self.growth_dirty {
@@ -492,7 +419,7 @@ impl PartitionState {
         for (user, value) in self.encoded.as_deref().unwrap_or_default() {
             batch.put_cf(profiles_cf, profile_key(self.partition, user), value);
         }
-        for user in &self.profiles.deleted {
+        for user in self.profiles.deleted() {
             batch.delete_cf(profiles_cf, profile_key(self.partition, user));
         }
         let mut timers_deleted: Vec<&(i64, String)> = self.timers_deleted.iter().collect();
@@ -515,59 +442,19 @@ impl PartitionState {
         self.meta_dirty = false;
         self.growth_dirty = false;
         self.encoded = None;
-        for user in self.profiles.dirty.drain(..) {
-            if let Some(entry) = self.profiles.map.get_mut(&user) {
-                entry.dirty = false;
-            }
-        }
-        self.profiles.deleted.clear();
+        self.profiles.settle(self.store.profile_cache_share());
         self.timers_added.clear();
         self.timers_deleted.clear();
         self.batch += 1;
-        self.evict();
         Ok(())
-    }
-
-    /// Cuts the (all clean) cache to 90 % of its share, least recently used batches first.
-    fn evict(&mut self) {
-        let share = self.store.profile_cache_share();
-        if self.profiles.map.len() <= share {
-            return;
-        }
-        let keep = share - share / 10;
-        let mut ages: Vec<u64> = self.profiles.map.values().map(|c| c.used).collect();
-        let drop = ages.len() - keep;
-        if keep == 0 {
-            self.profiles.map.clear();
-            return;
-        }
-        let (_, oldest_kept, _) = ages.select_nth_unstable_by(drop, |a, b| a.cmp(b));
-        let threshold = *oldest_kept;
-        // Entries used before the threshold batch all go; ties at it go until enough have.
-        let mut at_threshold = drop
-            - self
-                .profiles
-                .map
-                .values()
-                .filter(|c| c.used < threshold)
-                .count();
-        self.profiles.map.retain(|_, c| {
-            if c.used < threshold {
-                false
-            } else if c.used == threshold && at_threshold > 0 {
-                at_threshold -= 1;
-                false
-            } else {
-                true
-            }
-        });
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::StoreOptions;
+    use crate::profile_cache::MIN_BATCH_PROFILES;
+    use crate::{decode_entry, ChangelogEntry, StoreOptions};
 
     fn store() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -707,8 +594,8 @@ mod tests {
             assert!(p.cached_profiles() <= 100, "{}", p.cached_profiles());
         }
         // The latest batch's users are cached; evicted ones still read back from RocksDB.
-        assert!(p.profiles.map.contains_key("u9-0"));
-        assert!(!p.profiles.map.contains_key("u0-0"));
+        assert!(p.profiles.holds("u9-0"));
+        assert!(!p.profiles.holds("u0-0"));
         assert_eq!(p.profile_mut("u0-7").expect("profile").last_active_ms, 0);
         assert_eq!(p.dirty_profiles(), 1);
         // A second open partition halves every partition's share.
@@ -716,6 +603,77 @@ mod tests {
         assert_eq!(store.profile_cache_share(), 50);
         drop(q);
         assert_eq!(store.profile_cache_share(), 100);
+    }
+
+    /// A clock advance can fire timers for more users than the cache holds; memory stays
+    /// bounded inside the batch and no change is lost or written twice.
+    #[test]
+    fn a_batch_touching_more_users_than_the_cache_holds_spills_and_loses_nothing() {
+        let (_dir, store) = store_with_cache(100);
+        let mut p = PartitionState::open(&store, 0).expect("open");
+        p.profile_mut("stored").expect("profile").last_active_ms = 1;
+        p.flush(None).expect("flush");
+        let users = 3 * MIN_BATCH_PROFILES;
+        for i in 0..users {
+            p.profile_mut(&format!("u{i}"))
+                .expect("profile")
+                .last_active_ms = 1_000 + i as i64;
+            assert!(
+                p.cached_profiles() <= MIN_BATCH_PROFILES,
+                "{}",
+                p.cached_profiles()
+            );
+        }
+        assert!(p.profiles.spilled() > 0, "the batch outgrew the map");
+        let mut spilled = (0..users).filter(|i| p.profiles.is_spilled(&format!("u{i}")));
+        let (back, gone) = (
+            spilled.next().expect("a spilled user"),
+            spilled.next().expect("another"),
+        );
+        // A spilled change reads back in the same batch and is counted once.
+        let back_user = format!("u{back}");
+        assert_eq!(
+            p.profile_mut(&back_user).expect("profile").last_active_ms,
+            1_000 + back as i64
+        );
+        p.profile_mut(&back_user).expect("profile").first_active_ms = 7;
+        assert_eq!(p.dirty_profiles(), users);
+        // A spilled user deleted in the batch is not written.
+        p.delete_profile(&format!("u{gone}"));
+        assert_eq!(p.dirty_profiles(), users - 1);
+        assert_eq!(p.profile_mut("stored").expect("profile").last_active_ms, 1);
+
+        let records = p.changelog_records().expect("records");
+        let written: Vec<_> = records
+            .iter()
+            .filter_map(|r| match decode_entry(0, &r.key, r.value.as_deref()) {
+                Ok(ChangelogEntry::Profile { user_id, profile }) => {
+                    Some((user_id, profile.map(|p| p.last_active_ms)))
+                }
+                _ => None,
+            })
+            .collect();
+        // Every changed user once, the deleted one as a tombstone.
+        assert_eq!(written.len(), users + 1);
+        assert_eq!(written.iter().filter(|(_, p)| p.is_none()).count(), 1);
+        p.flush(None).expect("flush");
+        assert!(p.cached_profiles() <= 100);
+        for i in (0..users).filter(|i| *i != gone) {
+            let stored = store.profile(0, &format!("u{i}")).expect("read");
+            assert_eq!(
+                stored.map(|s| s.last_active_ms),
+                Some(1_000 + i as i64),
+                "u{i}"
+            );
+        }
+        assert_eq!(
+            store
+                .profile(0, &back_user)
+                .expect("read")
+                .map(|s| s.first_active_ms),
+            Some(7)
+        );
+        assert_eq!(store.profile(0, &format!("u{gone}")).expect("read"), None);
     }
 
     #[test]

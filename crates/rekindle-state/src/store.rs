@@ -6,7 +6,7 @@ use rekindle_rules::{GrowthFigures, UserProfile, MAX_SEGMENTS};
 use rocksdb::statistics::Ticker;
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, Direction,
-    IteratorMode, Options, ReadOptions, DB,
+    IteratorMode, LruCacheOptions, Options, ReadOptions, DB,
 };
 use serde::{Deserialize, Serialize};
 
@@ -19,6 +19,8 @@ pub(crate) const CF_META: &str = "meta";
 /// Bumped whenever a key or value layout changes incompatibly.
 const FORMAT_VERSION: u32 = 6;
 const FORMAT_KEY: &[u8] = b"format_version";
+/// See [`block_cache`].
+const MIN_CACHE_SHARD_BYTES: usize = 64 << 20;
 
 /// Tuning that reaches RocksDB.
 #[derive(Debug, Clone)]
@@ -91,25 +93,62 @@ pub struct Store {
     open_partitions: Arc<AtomicUsize>,
 }
 
+/// Table options for the profiles: point lookups, most of which find their key.
+fn point_lookup_table(cache: &Cache) -> BlockBasedOptions {
+    let mut table = scan_table(cache);
+    table.set_bloom_filter(10.0, false);
+    table
+}
+
+/// The block cache, in shards of at least 64 MiB (one at the default size).
+///
+/// A file's bloom filter and index are single blocks that grow with the keys in the file,
+/// past a megabyte for a 64 MiB file of profiles. RocksDB's default shard count gives a
+/// 64 MiB cache 64 shards of 1 MiB, and a block larger than its shard is dropped as soon as
+/// it is used: every lookup reaching that file read the whole filter back from the file
+/// and checksummed it. The engine is one thread, so fewer shards cost no contention.
+fn block_cache(capacity: usize) -> Cache {
+    let shards = (capacity / MIN_CACHE_SHARD_BYTES).max(1);
+    let mut options = LruCacheOptions::default();
+    options.set_capacity(capacity);
+    options.set_num_shard_bits(shards.ilog2().min(6) as i32);
+    Cache::new_lru_cache_opts(&options)
+}
+
+/// Table options for families read by iterators only.
+fn scan_table(cache: &Cache) -> BlockBasedOptions {
+    let mut table = BlockBasedOptions::default();
+    table.set_block_cache(cache);
+    // Index and filter blocks grow with the data: charged to the block cache, memory stays
+    // what the configuration says however many users there are.
+    table.set_cache_index_and_filter_blocks(true);
+    table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+    table
+}
+
+fn family_options(options: &StoreOptions, table: &BlockBasedOptions) -> Options {
+    let mut family = Options::default();
+    family.set_block_based_table_factory(table);
+    family.set_compression_type(DBCompressionType::Lz4);
+    // Each family may use up to half the budget; the shared limit below holds the sum.
+    family.set_write_buffer_size((options.write_buffer_bytes / 2).max(1 << 20));
+    family
+}
+
 impl Store {
     pub fn open(path: &Path, options: &StoreOptions) -> Result<Store, StateError> {
-        let cache = Cache::new_lru_cache(options.block_cache_bytes);
-        let mut table = BlockBasedOptions::default();
-        table.set_block_cache(&cache);
-        // Profiles and timers are read by point lookups and short seeks.
-        table.set_bloom_filter(10.0, false);
-        // Index and filter blocks grow with the data: charged to the block cache, memory
-        // stays what the configuration says however many users there are.
-        table.set_cache_index_and_filter_blocks(true);
-        table.set_pin_l0_filter_and_index_blocks_in_cache(true);
-        let mut cf_options = Options::default();
-        cf_options.set_block_based_table_factory(&table);
-        cf_options.set_compression_type(DBCompressionType::Lz4);
-        // Each family may use up to half the budget; the shared limit below holds the sum.
-        cf_options.set_write_buffer_size((options.write_buffer_bytes / 2).max(1 << 20));
-        let cfs = [CF_PROFILES, CF_TIMERS, CF_META]
-            .into_iter()
-            .map(|name| ColumnFamilyDescriptor::new(name, cf_options.clone()));
+        let cache = block_cache(options.block_cache_bytes);
+        let profiles = ColumnFamilyDescriptor::new(
+            CF_PROFILES,
+            family_options(options, &point_lookup_table(&cache)),
+        );
+        // The timer index is only ever scanned in due order: a bloom filter would be built
+        // for every file and never consulted.
+        let timers =
+            ColumnFamilyDescriptor::new(CF_TIMERS, family_options(options, &scan_table(&cache)));
+        let meta =
+            ColumnFamilyDescriptor::new(CF_META, family_options(options, &scan_table(&cache)));
+        let cfs = [profiles, timers, meta];
         let mut db_options = Options::default();
         db_options.create_if_missing(true);
         db_options.create_missing_column_families(true);

@@ -1,0 +1,232 @@
+//! A partition's profiles in memory: the current batch's changes and, across batches,
+//! recently used profiles while the cache has room.
+//!
+//! Memory stays within the cache's share even inside one batch. A batch can touch far more
+//! users than its records name: a clock advance fires every timer due, and on a day boundary
+//! that can be a large part of the partition. When the map reaches its share, unchanged
+//! profiles go first (RocksDB holds them); if the batch's own changes still do not fit, some
+//! are kept encoded (about a fifth of their decoded size) until the flush writes them.
+
+use foldhash::fast::RandomState;
+use foldhash::HashSet;
+use hashbrown::hash_map::EntryRef;
+use rekindle_rules::UserProfile;
+
+use crate::error::encode;
+use crate::{StateError, Store};
+
+/// Profiles the map may hold within a batch whatever the configured share, so that a tiny
+/// share does not turn every lookup into an encode and a decode.
+pub(crate) const MIN_BATCH_PROFILES: usize = 1_024;
+
+/// A profile held in memory, across batches while the cache has room.
+struct Cached {
+    /// Boxed: the map's slots stay small, so growing the map copies little.
+    profile: Box<UserProfile>,
+    /// Changed in the current batch: written at the next flush.
+    dirty: bool,
+    /// The batch that last used it, for eviction (least recently used batches go first).
+    used: u64,
+}
+
+#[derive(Default)]
+pub(crate) struct ProfileCache {
+    map: hashbrown::HashMap<String, Cached, RandomState>,
+    /// Users changed in the current batch, in the order they were first changed: those in
+    /// `map` (marked dirty) and those in `spilled`.
+    dirty: Vec<String>,
+    /// Users deleted this batch: their profiles are removed at flush.
+    deleted: HashSet<String>,
+    /// Changed profiles moved out of `map` within the batch, encoded as they will be
+    /// written.
+    spilled: hashbrown::HashMap<String, Vec<u8>, RandomState>,
+}
+
+impl ProfileCache {
+    /// The user's profile, read from `store` unless in memory, marked changed in this batch.
+    /// `share`: the profiles this cache may hold (see the module comment).
+    pub(crate) fn get_mut(
+        &mut self,
+        store: &Store,
+        partition: u32,
+        batch: u64,
+        share: usize,
+        user_id: &str,
+    ) -> Result<&mut UserProfile, StateError> {
+        let limit = share.max(MIN_BATCH_PROFILES);
+        if self.map.len() >= limit {
+            // Down to 90 %, so that this happens once per tenth of the share. It may take
+            // out `user_id` itself, which is then read back like any other.
+            self.make_room(limit - limit / 10)?;
+        }
+        // One lookup; the id is copied into the map only for a user not in it.
+        let entry = match self.map.entry_ref(user_id) {
+            EntryRef::Occupied(entry) => entry.into_mut(),
+            EntryRef::Vacant(entry) => {
+                let (profile, dirty) = if let Some(bytes) = self.spilled.remove(user_id) {
+                    // Already in `dirty`: it was changed earlier in this batch.
+                    let profile =
+                        postcard::from_bytes(&bytes).map_err(|e| StateError::Corrupt {
+                            what: "spilled profile",
+                            partition,
+                            reason: e.to_string(),
+                        })?;
+                    (profile, true)
+                } else if self.deleted.remove(user_id) {
+                    // A user deleted earlier in this batch starts afresh, whatever is stored.
+                    (UserProfile::default(), false)
+                } else {
+                    (
+                        store.profile(partition, user_id)?.unwrap_or_default(),
+                        false,
+                    )
+                };
+                entry.insert(Cached {
+                    profile: Box::new(profile),
+                    dirty,
+                    used: batch,
+                })
+            }
+        };
+        entry.used = batch;
+        if !entry.dirty {
+            entry.dirty = true;
+            self.dirty.push(user_id.to_string());
+        }
+        Ok(&mut entry.profile)
+    }
+
+    /// Forgets a user: the profile is removed at flush.
+    pub(crate) fn delete(&mut self, user_id: &str) {
+        let was_dirty = self.map.remove(user_id).is_some_and(|c| c.dirty)
+            || self.spilled.remove(user_id).is_some();
+        if was_dirty {
+            // Deletions are rare: a linear pass keeps the list free of duplicates should the
+            // user come back within the batch.
+            self.dirty.retain(|u| u != user_id);
+        }
+        self.deleted.insert(user_id.to_string());
+    }
+
+    /// Users changed in the current batch.
+    pub(crate) fn changed(&self) -> usize {
+        self.dirty.len()
+    }
+
+    /// Profiles held decoded (changed or not).
+    pub(crate) fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub(crate) fn is_dirty(&self) -> bool {
+        !self.dirty.is_empty() || !self.deleted.is_empty()
+    }
+
+    pub(crate) fn deleted(&self) -> impl Iterator<Item = &String> {
+        self.deleted.iter()
+    }
+
+    /// The batch's changed profiles, encoded, in user order: RocksDB's memtable inserts a
+    /// sorted run next to the previous key instead of searching its skip list from the top
+    /// for each one.
+    pub(crate) fn encode_changed(&self) -> Result<Vec<(String, Vec<u8>)>, StateError> {
+        let mut encoded = Vec::with_capacity(self.dirty.len());
+        for user in &self.dirty {
+            if let Some(entry) = self.map.get(user).filter(|e| e.dirty) {
+                encoded.push((user.clone(), encode("profile", &entry.profile)?));
+            } else if let Some(bytes) = self.spilled.get(user) {
+                encoded.push((user.clone(), bytes.clone()));
+            }
+        }
+        encoded.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        Ok(encoded)
+    }
+
+    /// After the batch was written: everything in memory is a clean copy again, cut to 90 %
+    /// of `share` when over it.
+    pub(crate) fn settle(&mut self, share: usize) {
+        for user in self.dirty.drain(..) {
+            if let Some(entry) = self.map.get_mut(&user) {
+                entry.dirty = false;
+            }
+        }
+        self.deleted.clear();
+        self.spilled = Default::default();
+        if self.map.len() > share {
+            self.evict_clean(share - share / 10);
+        }
+    }
+
+    /// Brings the map down to `target` entries within a batch: unchanged profiles first,
+    /// then changed ones, encoded into `spilled`.
+    fn make_room(&mut self, target: usize) -> Result<(), StateError> {
+        self.evict_clean(target);
+        let excess = self.map.len().saturating_sub(target);
+        if excess == 0 {
+            return Ok(());
+        }
+        let mut moved = Vec::with_capacity(excess);
+        for (user, cached) in self.map.extract_if(|_, c| c.dirty).take(excess) {
+            moved.push((user, cached.profile));
+        }
+        for (user, profile) in moved {
+            let bytes = encode("profile", &profile)?;
+            self.spilled.insert(user, bytes);
+        }
+        Ok(())
+    }
+
+    /// Drops unchanged entries, least recently used batches first, until at most `target`
+    /// remain or none unchanged is left.
+    fn evict_clean(&mut self, target: usize) {
+        if self.map.len() <= target {
+            return;
+        }
+        let mut ages: Vec<u64> = self
+            .map
+            .values()
+            .filter(|c| !c.dirty)
+            .map(|c| c.used)
+            .collect();
+        let drop = (self.map.len() - target).min(ages.len());
+        if drop == 0 {
+            return;
+        }
+        if drop == ages.len() {
+            self.map.retain(|_, c| c.dirty);
+            return;
+        }
+        let (_, first_kept, _) = ages.select_nth_unstable(drop);
+        let threshold = *first_kept;
+        // Entries used before the threshold batch all go; ties at it go until enough have.
+        let below = ages.iter().filter(|&&a| a < threshold).count();
+        let mut at_threshold = drop - below;
+        self.map.retain(|_, c| {
+            if c.dirty || c.used > threshold {
+                true
+            } else if c.used < threshold {
+                false
+            } else if at_threshold > 0 {
+                at_threshold -= 1;
+                false
+            } else {
+                true
+            }
+        });
+    }
+
+    #[cfg(test)]
+    pub(crate) fn holds(&self, user_id: &str) -> bool {
+        self.map.contains_key(user_id)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn spilled(&self) -> usize {
+        self.spilled.len()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn is_spilled(&self, user_id: &str) -> bool {
+        self.spilled.contains_key(user_id)
+    }
+}
