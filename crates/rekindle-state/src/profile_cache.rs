@@ -1,11 +1,12 @@
 //! A partition's profiles in memory: the current batch's changes and, across batches,
 //! recently used profiles while the cache has room.
 //!
-//! Memory stays within the cache's share even inside one batch. A batch can touch far more
-//! users than its records name: a clock advance fires every timer due, and on a day boundary
-//! that can be a large part of the partition. When the map reaches its share, unchanged
-//! profiles go first (RocksDB holds them); if the batch's own changes still do not fit, some
-//! are kept encoded (about a fifth of their decoded size) until the flush writes them.
+//! Memory stays bounded even inside one batch: at most twice the cache's share. A batch can
+//! touch far more users than its records name: a clock advance fires every timer due, and
+//! on a day boundary that can be a large part of the partition. When the map reaches that
+//! bound, unchanged profiles go first (RocksDB holds them); if the batch's own changes still
+//! do not fit, some are kept encoded (about a fifth of their decoded size) until the flush
+//! writes them.
 
 use foldhash::fast::RandomState;
 use foldhash::HashSet;
@@ -44,7 +45,8 @@ pub(crate) struct ProfileCache {
 
 impl ProfileCache {
     /// The user's profile, read from `store` unless in memory, marked changed in this batch.
-    /// `share`: the profiles this cache may hold (see the module comment).
+    /// `share`: the profiles this cache keeps between batches; it holds at most twice that
+    /// within one (see the module comment).
     pub(crate) fn get_mut(
         &mut self,
         store: &Store,
@@ -53,7 +55,9 @@ impl ProfileCache {
         share: usize,
         user_id: &str,
     ) -> Result<&mut UserProfile, StateError> {
-        let limit = share.max(MIN_BATCH_PROFILES);
+        // Twice the share: a batch's own users come on top of those kept from earlier
+        // batches, which serve returning users until the commit trims the map to its share.
+        let limit = share.saturating_mul(2).max(MIN_BATCH_PROFILES);
         if self.map.len() >= limit {
             // Down to 90 %, so that this happens once per tenth of the share. It may take
             // out `user_id` itself, which is then read back like any other.
