@@ -28,3 +28,16 @@ pub(crate) fn encode<T: serde::Serialize + ?Sized>(
         reason: e.to_string(),
     })
 }
+
+/// A value of `partition` in the state's binary layout; `what` names it in the error.
+pub(crate) fn decode<'a, T: serde::Deserialize<'a>>(
+    what: &'static str,
+    partition: u32,
+    bytes: &'a [u8],
+) -> Result<T, StateError> {
+    postcard::from_bytes(bytes).map_err(|e| StateError::Corrupt {
+        what,
+        partition,
+        reason: e.to_string(),
+    })
+}

@@ -13,7 +13,7 @@ use foldhash::HashSet;
 use hashbrown::hash_map::EntryRef;
 use rekindle_rules::UserProfile;
 
-use crate::error::encode;
+use crate::error::{decode, encode};
 use crate::{StateError, Store};
 
 /// Profiles the map may hold within a batch whatever the configured share, so that a tiny
@@ -59,8 +59,8 @@ impl ProfileCache {
         // batches, which serve returning users until the commit trims the map to its share.
         let limit = share.saturating_mul(2).max(MIN_BATCH_PROFILES);
         if self.map.len() >= limit {
-            // Down to 90 %, so that this happens once per tenth of the share. It may take
-            // out `user_id` itself, which is then read back like any other.
+            // Down to 90 % of the limit, so that this happens once per tenth of it. It may
+            // take out `user_id` itself, which is then read back like any other.
             self.make_room(limit - limit / 10)?;
         }
         // One lookup; the id is copied into the map only for a user not in it.
@@ -69,13 +69,7 @@ impl ProfileCache {
             EntryRef::Vacant(entry) => {
                 let (profile, dirty) = if let Some(bytes) = self.spilled.remove(user_id) {
                     // Already in `dirty`: it was changed earlier in this batch.
-                    let profile =
-                        postcard::from_bytes(&bytes).map_err(|e| StateError::Corrupt {
-                            what: "spilled profile",
-                            partition,
-                            reason: e.to_string(),
-                        })?;
-                    (profile, true)
+                    (decode("spilled profile", partition, &bytes)?, true)
                 } else if self.deleted.remove(user_id) {
                     // A user deleted earlier in this batch starts afresh, whatever is stored.
                     (UserProfile::default(), false)

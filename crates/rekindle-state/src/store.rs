@@ -10,6 +10,7 @@ use rocksdb::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::error::decode;
 use crate::keys::{growth_key, parse_timer_key, partition_prefix, profile_key, timer_seek};
 use crate::StateError;
 
@@ -115,7 +116,7 @@ fn block_cache(capacity: usize) -> Cache {
     Cache::new_lru_cache_opts(&options)
 }
 
-/// Table options for families read by iterators only.
+/// Table options for families without point lookups on the hot path.
 fn scan_table(cache: &Cache) -> BlockBasedOptions {
     let mut table = BlockBasedOptions::default();
     table.set_block_cache(cache);
@@ -146,6 +147,7 @@ impl Store {
         // for every file and never consulted.
         let timers =
             ColumnFamilyDescriptor::new(CF_TIMERS, family_options(options, &scan_table(&cache)));
+        // A few keys per partition, read when a partition opens: a filter would save nothing.
         let meta =
             ColumnFamilyDescriptor::new(CF_META, family_options(options, &scan_table(&cache)));
         let cfs = [profiles, timers, meta];
@@ -251,13 +253,7 @@ impl Store {
             .db
             .get_pinned_cf(self.cf(CF_META)?, growth_key(partition))?;
         let figures = bytes
-            .map(|b| {
-                postcard::from_bytes(&b).map_err(|e| StateError::Corrupt {
-                    what: "growth figures",
-                    partition,
-                    reason: e.to_string(),
-                })
-            })
+            .map(|b| decode("growth figures", partition, &b))
             .transpose()?;
         Ok(figures.unwrap_or_default())
     }
@@ -267,13 +263,7 @@ impl Store {
             .db
             .get_pinned_cf(self.cf(CF_META)?, partition_prefix(partition))?;
         bytes
-            .map(|b| {
-                postcard::from_bytes(&b).map_err(|e| StateError::Corrupt {
-                    what: "partition meta",
-                    partition,
-                    reason: e.to_string(),
-                })
-            })
+            .map(|b| decode("partition meta", partition, &b))
             .transpose()
     }
 
@@ -285,15 +275,7 @@ impl Store {
         let bytes = self
             .db
             .get_pinned_cf(self.cf(CF_PROFILES)?, profile_key(partition, user_id))?;
-        bytes
-            .map(|b| {
-                postcard::from_bytes(&b).map_err(|e| StateError::Corrupt {
-                    what: "profile",
-                    partition,
-                    reason: e.to_string(),
-                })
-            })
-            .transpose()
+        bytes.map(|b| decode("profile", partition, &b)).transpose()
     }
 
     /// Every profile of `partition`, by user id: a full scan, for tools and tests.
