@@ -10,7 +10,7 @@ pub enum EventError {
     Schema {
         name: &'static str,
         #[source]
-        source: Box<apache_avro::Error>,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     #[error("empty payload")]
     Empty,
