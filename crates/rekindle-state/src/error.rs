@@ -29,6 +29,18 @@ pub(crate) fn encode<T: serde::Serialize + ?Sized>(
     })
 }
 
+/// As [`encode`], into a buffer of `capacity` bytes to start with.
+pub(crate) fn encode_sized<T: serde::Serialize + ?Sized>(
+    what: &'static str,
+    value: &T,
+    capacity: usize,
+) -> Result<Vec<u8>, StateError> {
+    postcard::to_extend(value, Vec::with_capacity(capacity)).map_err(|e| StateError::Encode {
+        what,
+        reason: e.to_string(),
+    })
+}
+
 /// A value of `partition` in the state's binary layout; `what` names it in the error.
 pub(crate) fn decode<'a, T: serde::Deserialize<'a>>(
     what: &'static str,

@@ -13,12 +13,20 @@ use foldhash::HashSet;
 use hashbrown::hash_map::EntryRef;
 use rekindle_rules::UserProfile;
 
-use crate::error::{decode, encode};
+use crate::error::{decode, encode_sized};
 use crate::{StateError, Store};
 
 /// Profiles the map may hold within a batch whatever the configured share, so that a tiny
 /// share does not turn every lookup into an encode and a decode.
 pub(crate) const MIN_BATCH_PROFILES: usize = 1_024;
+
+/// Room reserved for an encoded profile: most take 100-250 bytes, so one allocation, where
+/// growing from empty took five.
+const ENCODED_PROFILE_BYTES: usize = 256;
+
+fn encode_profile(profile: &UserProfile) -> Result<Vec<u8>, StateError> {
+    encode_sized("profile", profile, ENCODED_PROFILE_BYTES)
+}
 
 /// A profile held in memory, across batches while the cache has room.
 struct Cached {
@@ -33,9 +41,10 @@ struct Cached {
 #[derive(Default)]
 pub(crate) struct ProfileCache {
     map: hashbrown::HashMap<String, Cached, RandomState>,
-    /// Users changed in the current batch, in the order they were first changed: those in
-    /// `map` (marked dirty) and those in `spilled`.
-    dirty: Vec<String>,
+    /// Entries of `map` marked dirty. The batch's changed users are those and `spilled`:
+    /// no list of ids, so marking a user costs no copy of its id, and the flush walks the
+    /// map's slots in memory order instead of looking each id up again.
+    dirty_in_map: usize,
     /// Users deleted this batch: their profiles are removed at flush.
     deleted: HashSet<String>,
     /// Changed profiles moved out of `map` within the batch, encoded as they will be
@@ -68,7 +77,7 @@ impl ProfileCache {
             EntryRef::Occupied(entry) => entry.into_mut(),
             EntryRef::Vacant(entry) => {
                 let (profile, dirty) = if let Some(bytes) = self.spilled.remove(user_id) {
-                    // Already in `dirty`: it was changed earlier in this batch.
+                    // Changed earlier in this batch: still changed.
                     (decode("spilled profile", partition, &bytes)?, true)
                 } else if self.deleted.remove(user_id) {
                     // A user deleted earlier in this batch starts afresh, whatever is stored.
@@ -79,6 +88,9 @@ impl ProfileCache {
                         false,
                     )
                 };
+                if dirty {
+                    self.dirty_in_map += 1;
+                }
                 entry.insert(Cached {
                     profile: Box::new(profile),
                     dirty,
@@ -89,26 +101,23 @@ impl ProfileCache {
         entry.used = batch;
         if !entry.dirty {
             entry.dirty = true;
-            self.dirty.push(user_id.to_string());
+            self.dirty_in_map += 1;
         }
         Ok(&mut entry.profile)
     }
 
     /// Forgets a user: the profile is removed at flush.
     pub(crate) fn delete(&mut self, user_id: &str) {
-        let was_dirty = self.map.remove(user_id).is_some_and(|c| c.dirty)
-            || self.spilled.remove(user_id).is_some();
-        if was_dirty {
-            // Deletions are rare: a linear pass keeps the list free of duplicates should the
-            // user come back within the batch.
-            self.dirty.retain(|u| u != user_id);
+        if self.map.remove(user_id).is_some_and(|c| c.dirty) {
+            self.dirty_in_map -= 1;
         }
+        self.spilled.remove(user_id);
         self.deleted.insert(user_id.to_string());
     }
 
     /// Users changed in the current batch.
     pub(crate) fn changed(&self) -> usize {
-        self.dirty.len()
+        self.dirty_in_map + self.spilled.len()
     }
 
     /// Profiles held decoded (changed or not).
@@ -117,7 +126,7 @@ impl ProfileCache {
     }
 
     pub(crate) fn is_dirty(&self) -> bool {
-        !self.dirty.is_empty() || !self.deleted.is_empty()
+        self.changed() > 0 || !self.deleted.is_empty()
     }
 
     pub(crate) fn deleted(&self) -> impl Iterator<Item = &String> {
@@ -128,13 +137,12 @@ impl ProfileCache {
     /// sorted run next to the previous key instead of searching its skip list from the top
     /// for each one.
     pub(crate) fn encode_changed(&self) -> Result<Vec<(String, Vec<u8>)>, StateError> {
-        let mut encoded = Vec::with_capacity(self.dirty.len());
-        for user in &self.dirty {
-            if let Some(entry) = self.map.get(user).filter(|e| e.dirty) {
-                encoded.push((user.clone(), encode("profile", &entry.profile)?));
-            } else if let Some(bytes) = self.spilled.get(user) {
-                encoded.push((user.clone(), bytes.clone()));
-            }
+        let mut encoded = Vec::with_capacity(self.changed());
+        for (user, entry) in self.map.iter().filter(|(_, e)| e.dirty) {
+            encoded.push((user.clone(), encode_profile(&entry.profile)?));
+        }
+        for (user, bytes) in &self.spilled {
+            encoded.push((user.clone(), bytes.clone()));
         }
         encoded.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         Ok(encoded)
@@ -143,10 +151,9 @@ impl ProfileCache {
     /// After the batch was written: everything in memory is a clean copy again, cut to 90 %
     /// of `share` when over it.
     pub(crate) fn settle(&mut self, share: usize) {
-        for user in self.dirty.drain(..) {
-            if let Some(entry) = self.map.get_mut(&user) {
-                entry.dirty = false;
-            }
+        if self.dirty_in_map > 0 {
+            self.map.values_mut().for_each(|entry| entry.dirty = false);
+            self.dirty_in_map = 0;
         }
         self.deleted.clear();
         self.spilled = Default::default();
@@ -167,8 +174,9 @@ impl ProfileCache {
         for (user, cached) in self.map.extract_if(|_, c| c.dirty).take(excess) {
             moved.push((user, cached.profile));
         }
+        self.dirty_in_map -= moved.len();
         for (user, profile) in moved {
-            let bytes = encode("profile", &profile)?;
+            let bytes = encode_profile(&profile)?;
             self.spilled.insert(user, bytes);
         }
         Ok(())
