@@ -7,12 +7,12 @@
 //! on disk after a full compaction. docs/performance.md explains the figures.
 //!
 //! Growth analytics (`[analytics]` and `[segments]`) are on, as in the worker by default; a
-//! point ending in `:off` runs without them, so their cost is the difference between two
-//! rows.
+//! point ending in `:off` runs without them, and one ending in `:growth` with the growth
+//! figures but without RFM segments, so their costs are differences between rows.
 //!
 //! `REKINDLE_SCALE_PROFILE_CACHE` sets `state.profile_cache_users` (the worker's default
 //! otherwise). `REKINDLE_SCALE_POINTS` overrides the points, e.g. `100000:5000000,1000000:5000000:off`
-//! (users:events[:off]); `REKINDLE_SCALE_DIR` where files and state go (a temporary directory by
+//! (users:events[:off|:growth]); `REKINDLE_SCALE_DIR` where files and state go (a temporary directory by
 //! default).
 
 use std::collections::BTreeMap;
@@ -53,17 +53,22 @@ fn main() {
     if let Some(at) = args.iter().position(|a| a == "--point") {
         let field = |i: usize| {
             args.get(at + i)
-                .expect("--point users events file state on|off")
+                .expect("--point users events file state on|off|growth")
         };
         let users: u64 = field(1).parse().expect("users");
         let events: u64 = field(2).parse().expect("events");
-        let analytics = field(5) != "off";
+        let (growth, segments) = match field(5).as_str() {
+            "off" => (false, false),
+            "growth" => (true, false),
+            _ => (true, true),
+        };
         run_point(
             users,
             events,
             Path::new(field(3)),
             Path::new(field(4)),
-            analytics,
+            growth,
+            segments,
         );
         return;
     }
@@ -98,11 +103,12 @@ fn main() {
         let parsed = match fields.as_slice() {
             [u, e] => Some((u, e, "on")),
             [u, e, "off"] => Some((u, e, "off")),
+            [u, e, "growth"] => Some((u, e, "growth")),
             _ => None,
         }
         .and_then(|(u, e, a)| Some((u.parse::<u64>().ok()?, e.parse::<u64>().ok()?, a)));
         let (users, events, analytics) =
-            parsed.expect("REKINDLE_SCALE_POINTS: users:events[:off][,users:events[:off]...]");
+            parsed.expect("REKINDLE_SCALE_POINTS: users:events[:off|:growth][,...]");
         let file = dir.join(format!("activity-{users}-{events}.avro"));
         if !file.exists() {
             generate(users, events, &file);
@@ -188,7 +194,7 @@ fn generate(users: u64, events: u64, path: &Path) {
 }
 
 /// Processes the file and prints its figures as one JSON object.
-fn run_point(users: u64, events: u64, file: &Path, state: &Path, analytics: bool) {
+fn run_point(users: u64, events: u64, file: &Path, state: &Path, growth: bool, segments: bool) {
     let mut options = StoreOptions::default();
     if let Some(users) = std::env::var("REKINDLE_SCALE_PROFILE_CACHE")
         .ok()
@@ -199,11 +205,11 @@ fn run_point(users: u64, events: u64, file: &Path, state: &Path, analytics: bool
     let store = Store::open(state, &options).expect("store");
     let config = EngineConfig {
         topic: "activity".into(),
-        rules: rule_book_with(analytics),
+        rules: rule_book_with(segments),
         decoder: EventDecoder::new(Vec::new(), 1 << 20).expect("decoder"),
         max_future_skew_ms: 300_000,
         growth: Growth::new(&GrowthConfig {
-            enabled: analytics,
+            enabled: growth,
             ..GrowthConfig::default()
         })
         .expect("default analytics are valid"),
