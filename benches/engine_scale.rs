@@ -58,9 +58,10 @@ fn main() {
         let users: u64 = field(1).parse().expect("users");
         let events: u64 = field(2).parse().expect("events");
         let (growth, segments) = match field(5).as_str() {
-            "off" => (false, false),
+            "on" => (true, true),
             "growth" => (true, false),
-            _ => (true, true),
+            "off" => (false, false),
+            other => panic!("--point: analytics must be on, growth or off, not {other}"),
         };
         run_point(
             users,
