@@ -259,29 +259,16 @@ impl AuditDecoder {
     }
 }
 
-/// Encodes an event as the activity schema describes it: used by `rekindle gen` and tests.
 /// The parsed `activity_event.avsc`.
 pub(crate) fn activity_schema() -> Result<&'static Schema, EventError> {
     embedded(&ACTIVITY_SCHEMA, "activity_event", ACTIVITY_SCHEMA_JSON)
 }
 
+/// Encodes an event as the activity schema describes it, Confluent-framed when a schema id
+/// is given: used by `rekindle gen` and tests.
 pub fn encode_event(event: &ActivityEvent, schema_id: Option<u32>) -> Result<Vec<u8>, EventError> {
     let schema = activity_schema()?;
-    let writer = GenericDatumWriter::builder(schema)
-        .build()
-        .map_err(|e| EventError::Encode(e.to_string()))?;
-    let datum = writer
-        .write_ser_to_vec(event)
-        .map_err(|e| EventError::Encode(e.to_string()))?;
-    Ok(match schema_id {
-        Some(id) => {
-            let mut framed = vec![MAGIC_BYTE];
-            framed.extend_from_slice(&id.to_be_bytes());
-            framed.extend_from_slice(&datum);
-            framed
-        }
-        None => datum,
-    })
+    DatumEncoder { schema, schema_id }.encode(event)
 }
 
 #[cfg(test)]

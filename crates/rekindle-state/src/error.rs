@@ -23,10 +23,7 @@ pub(crate) fn encode<T: serde::Serialize + ?Sized>(
     what: &'static str,
     value: &T,
 ) -> Result<Vec<u8>, StateError> {
-    postcard::to_allocvec(value).map_err(|e| StateError::Encode {
-        what,
-        reason: e.to_string(),
-    })
+    encode_sized(what, value, 0)
 }
 
 /// As [`encode`], into a buffer of `capacity` bytes to start with.

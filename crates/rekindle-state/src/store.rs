@@ -344,7 +344,7 @@ impl Store {
             };
             let user = std::str::from_utf8(key.get(4..).unwrap_or_default())
                 .map_err(|e| corrupt(e.to_string()))?;
-            let profile = postcard::from_bytes(&value).map_err(|e| corrupt(e.to_string()))?;
+            let profile = decode("profile", partition, &value)?;
             Ok((user.to_string(), profile))
         }))
     }
