@@ -153,6 +153,25 @@ mod tests {
                 .collect();
             let bytes = encode(&buckets);
             prop_assert_eq!(decode(&bytes), Ok(buckets.clone()));
+        }
+
+        /// The size claim holds for the buckets a profile can hold: at most 400 retained
+        /// back from the latest, whose index counts buckets since 1970 (10,957 and more for
+        /// times after 2000 at widths up to a day). Spread over tens of thousands of
+        /// indices down to 0, as `round_trips` generates them, distances back can cost more
+        /// than postcard's absolute indices.
+        #[test]
+        fn stays_within_four_bytes_of_postcard(
+            latest in 10_957i64..50_000_000,
+            raw in proptest::collection::btree_map(0i64..400, (0u32..u32::MAX, any::<u64>(), prop_oneof![Just(0.0), -1e9f64..1e9]), 0..60),
+        ) {
+            let buckets: Vec<Bucket> = raw
+                .into_iter()
+                .rev()
+                .map(|(back, (events, session_seconds, amount))| Bucket { index: latest - back, events, session_seconds, amount })
+                .collect();
+            let bytes = encode(&buckets);
+            prop_assert_eq!(decode(&bytes), Ok(buckets.clone()));
             let postcard = postcard::to_allocvec(&buckets).expect("postcard");
             prop_assert!(bytes.len() <= postcard.len() + 4);
         }
