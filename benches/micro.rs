@@ -58,7 +58,9 @@ fn rules(c: &mut Criterion) {
                 amount: 0.0,
                 timezone: Some("Europe/Berlin"),
             };
-            profile.wake_at_ms = book.on_activity("u", &mut profile, activity, now, &mut outcome);
+            profile.wake_at_ms = book
+                .on_activity("u", &mut profile, activity, now, &mut outcome)
+                .full_ms;
             outcome.clear();
         }
     }
@@ -108,7 +110,9 @@ fn state(c: &mut Criterion) {
                 amount: 0.0,
                 timezone: None,
             };
-            p.wake_at_ms = book.on_activity("u", &mut p, activity, ts, &mut outcome);
+            p.wake_at_ms = book
+                .on_activity("u", &mut p, activity, ts, &mut outcome)
+                .full_ms;
             outcome.clear();
         }
         p
@@ -131,7 +135,7 @@ fn state(c: &mut Criterion) {
                 stored.last_active_ms = T0 + round;
                 let wake = Some(T0 + 40 * DAY + round);
                 stored.wake_at_ms = wake;
-                p.move_timer(&id, before, wake);
+                p.move_timer(&id, before, wake.map(|t| (t, Vec::new())));
             }
             p.set_next_offset(round);
             p.flush(None).expect("flush");
@@ -148,7 +152,11 @@ fn timers(c: &mut Criterion) {
     const STEP: i64 = 1_000;
     let mut p = PartitionState::open(&store, 0).expect("open");
     for user in 0..PENDING {
-        p.move_timer(&format!("user-{user:07}"), None, Some(T0 + user * STEP));
+        p.move_timer(
+            &format!("user-{user:07}"),
+            None,
+            Some((T0 + user * STEP, Vec::new())),
+        );
     }
     p.set_next_offset(1);
     p.flush(None).expect("flush");
@@ -163,7 +171,11 @@ fn timers(c: &mut Criterion) {
             let due = p.take_due(now).expect("take due");
             assert_eq!(due.len(), DUE as usize);
             for timer in &due {
-                p.move_timer(&timer.user_id, None, Some(timer.due_ms + PENDING * STEP));
+                p.move_timer(
+                    &timer.user_id,
+                    None,
+                    Some((timer.due_ms + PENDING * STEP, Vec::new())),
+                );
             }
             p.flush(None).expect("flush");
         })

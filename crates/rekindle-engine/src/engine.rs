@@ -2,7 +2,7 @@ use std::collections::HashMap;
 
 use rekindle_events::{ActivityEvent, AuditRecord, EventDecoder, EventError, EventKind};
 use rekindle_rules::{
-    Activity, Growth, GrowthFigures, LifecycleStage, Outcome, RuleBook, Segments, Verdict,
+    Activity, CountStep, Growth, GrowthFigures, LifecycleStage, Outcome, RuleBook, Verdict, Wake,
     MAX_SEGMENTS, RETENTION_DAYS,
 };
 use rekindle_state::{ChangelogRecord, PartitionState, Store};
@@ -178,16 +178,8 @@ impl Engine {
     fn partition(&mut self, partition: u32) -> Result<&mut PartitionState, EngineError> {
         if !self.partitions.contains_key(&partition) {
             let mut state = PartitionState::open(&self.store, partition)?;
-            match self.config.rules.segments() {
-                Some(segments) if state.meta().segment_hash != segments.config_hash() => {
-                    resegment(&mut state, &self.config.rules, segments)?;
-                }
-                Some(_) => {}
-                // Segments go stale while off: a later start with them on recomputes them.
-                None if state.meta().segment_hash != 0 => {
-                    state.set_segment_counts([0; MAX_SEGMENTS], 0);
-                }
-                None => {}
+            if state.meta().plan_hash != self.config.rules.plan_hash() {
+                replan(&mut state, &self.config.rules)?;
             }
             if let Some(growth) = &self.config.growth {
                 let stored = state.growth().timezone.as_str();
@@ -327,6 +319,8 @@ impl Engine {
             return Ok(Disposition::Skipped);
         }
         profile.applied_offset = Some(offset);
+        // The user's timer entry, which counted steps may have moved on from the profile's.
+        let wake_before = rules.catch_up(profile, now);
         if let (Some(growth), Some(figures)) = (growth, figures) {
             let counted = growth.record(&mut profile.active_days, event.timestamp_ms, now, figures);
             if let Some(reason) = counted.uncounted_reason() {
@@ -336,7 +330,6 @@ impl Engine {
                     .inc();
             }
         }
-        let wake_before = profile.wake_at_ms;
         // `None`: the user is deleted; otherwise the user's next wake-up.
         let next = match event.kind() {
             EventKind::Activity => {
@@ -357,8 +350,9 @@ impl Engine {
         };
         match next {
             Some(next) => {
-                profile.wake_at_ms = next;
-                state.move_timer(user, wake_before, next);
+                profile.wake_at_ms = next.full_ms;
+                profile.timer_entry = Some(next.next_ms());
+                state.move_timer(user, wake_before, entry(next));
             }
             None => {
                 state.move_timer(user, wake_before, None);
@@ -404,7 +398,17 @@ impl Engine {
             return Ok(());
         }
         let rules = &self.config.rules;
-        for timer in state.take_due(now_ms)? {
+        // One at a time: a counted step re-arms the user's entry at its next step, which
+        // may be due too.
+        while let Some(timer) = state.pop_due(now_ms)? {
+            if !timer.value.is_empty() {
+                let plan = Wake::decode(timer.due_ms, &timer.value)?;
+                if let Some(step) = plan.steps.first() {
+                    count_step(&self.metrics, state, step);
+                }
+                state.move_timer(&timer.user_id, None, entry(plan.after_first_step()));
+                continue;
+            }
             let outcome = &mut self.outcome;
             outcome.clear();
             let profile = state.profile_mut(&timer.user_id)?;
@@ -412,9 +416,12 @@ impl Engine {
                 // A stale index entry: the user's timer moved after it was written.
                 continue;
             }
+            // The steps before this evaluation were counted without the profile.
+            rules.catch_up(profile, timer.due_ms.saturating_sub(1));
             let next = rules.on_wake(&timer.user_id, profile, now_ms, outcome);
-            profile.wake_at_ms = next;
-            state.move_timer(&timer.user_id, None, next);
+            profile.wake_at_ms = next.full_ms;
+            profile.timer_entry = Some(next.next_ms());
+            state.move_timer(&timer.user_id, None, entry(next));
             report(rules, &self.metrics, &mut self.stats, state, outcome, out);
         }
         Ok(())
@@ -472,6 +479,25 @@ impl Engine {
         }
         self.metrics.batches_committed.inc();
         Ok(())
+    }
+}
+
+/// The timer entry that follows a plan: at its first step or full evaluation.
+fn entry(plan: Wake) -> Option<(i64, Vec<u8>)> {
+    plan.next_ms().map(|at| (at, plan.encode()))
+}
+
+/// Counts a planned stage or segment change that came due.
+fn count_step(metrics: &Metrics, state: &mut PartitionState, step: &CountStep) {
+    if let Some(change) = step.stage_change() {
+        state.count_stage_change(change.from.map(|s| s.index()), change.to.map(|s| s.index()));
+        metrics
+            .stage_transitions
+            .with_label_values(&[stage_label(change.from), stage_label(change.to)])
+            .inc();
+    }
+    if let Some(change) = step.segment_change() {
+        state.count_segment_change(change.from.map(usize::from), change.to.map(usize::from));
     }
 }
 
@@ -541,53 +567,86 @@ fn report(
     }
 }
 
-/// Profiles rewritten per flush while recomputing segments.
-const RESEGMENT_CHUNK: usize = 10_000;
+/// Profiles rewritten per flush while planning every user anew.
+const REPLAN_CHUNK: usize = 10_000;
 
-/// Recomputes every stored user's segment and timer under the configured segments, and the
-/// partition's counts from them: at open, when the stored segments were computed under
-/// another configuration (or are unknown, after a restore). Written in chunks straight to
-/// the store, not to the changelog: a restore elsewhere marks its segments unknown and
-/// recomputes them the same way.
-fn resegment(
-    state: &mut PartitionState,
-    rules: &RuleBook,
-    segments: &Segments,
-) -> Result<(), EngineError> {
+/// Brings every stored user's stage and segment to the clock under the configured lifecycle
+/// and segments, plans its timer entry anew and recounts the partition's users per stage
+/// and per segment: at open, when the stored plans were made under another configuration
+/// (or are unknown, after a restore). The old entries cannot be found from the profiles
+/// (their steps were planned under the old configuration), so the index is emptied first.
+/// Written in chunks straight to the store, not to the changelog: a restore elsewhere marks
+/// its plans unknown and makes them the same way.
+fn replan(state: &mut PartitionState, rules: &RuleBook) -> Result<(), EngineError> {
     let clock = state.clock_ms();
+    state.clear_timers()?;
+    let segments = rules.segments();
+    let mut stages = [0i64; 5];
     let mut counts = [0i64; MAX_SEGMENTS];
     let mut after: Option<String> = None;
     let mut users = 0usize;
     loop {
-        let chunk = state.stored_users(after.as_deref(), RESEGMENT_CHUNK)?;
+        let chunk = state.stored_users(after.as_deref(), REPLAN_CHUNK)?;
         let Some(last) = chunk.last().cloned() else {
             break;
         };
         for user in &chunk {
             let profile = state.profile_mut(user)?;
-            let segment = segments.segment_at(profile, clock);
-            profile.segment = segment;
-            let before = profile.wake_at_ms;
-            let wake = rules.next_wake(profile, clock);
-            profile.wake_at_ms = wake;
-            state.move_timer(user, before, wake);
-            if let Some(slot) = segment.and_then(|s| counts.get_mut(usize::from(s))) {
+            // A profile restored from a changelog that ran ahead of the partition's position
+            // is later than the clock: its stage and segment stand, and its plan starts from
+            // the latest moment it is known to have been judged at.
+            let judged = judged_at(profile);
+            let ahead = judged > clock;
+            let from = if ahead {
+                judged
+            } else {
+                rules.lifecycle().settle(profile, clock);
+                clock
+            };
+            if let Some(segments) = segments.filter(|_| !ahead || profile.segment.is_none()) {
+                profile.segment = segments.segment_at(profile, from);
+            }
+            let wake = rules.plan(profile, from);
+            profile.wake_at_ms = wake.full_ms;
+            profile.timer_entry = Some(wake.next_ms());
+            if let Some(slot) = profile.stage.and_then(|m| stages.get_mut(m.stage.index())) {
                 *slot += 1;
             }
+            if let Some(slot) = profile
+                .segment
+                .filter(|_| segments.is_some())
+                .and_then(|s| counts.get_mut(usize::from(s)))
+            {
+                *slot += 1;
+            }
+            state.move_timer(user, None, entry(wake));
         }
         users += chunk.len();
         state.flush(None)?;
         after = Some(last);
     }
-    state.set_segment_counts(counts, segments.config_hash());
+    state.set_plan_counts(stages, counts, rules.plan_hash());
     state.flush(None)?;
     if users > 0 {
         info!(
             partition = state.partition(),
-            users, "segments recomputed under the configured [segments]"
+            users, "stages, segments and timers planned anew under the configured [lifecycle] and [segments]"
         );
     }
     Ok(())
+}
+
+/// The latest moment a profile shows it was judged at: its last activity, its stage's
+/// start, its rules' last firing and its latest decision. Later than the partition clock
+/// only in a profile restored from a changelog that ran ahead of the partition's position.
+fn judged_at(profile: &rekindle_rules::UserProfile) -> i64 {
+    let stage = profile.stage.map(|m| m.since_ms);
+    let fired = profile.rules.iter().map(|m| m.fired_at_ms).max();
+    let decided = profile.recent.iter().map(|n| n.at_ms).max();
+    [stage, fired, decided]
+        .into_iter()
+        .flatten()
+        .fold(profile.last_active_ms, i64::max)
 }
 
 /// Sets a partition's growth gauges from its figures at the clock.

@@ -11,6 +11,7 @@ use crate::{
     Reactivation, Reason, RuleBookConfig, RuleKey, RuleMode, RulesError, Segments, UserProfile,
     Verdict, Windows,
 };
+use crate::{CountStep, CountedAs, LifecycleStage, Wake, COUNT_STEPS};
 
 /// One activity as the rules see it.
 #[derive(Debug, Clone, Copy)]
@@ -36,6 +37,8 @@ pub struct RuleBook {
     attribution_ms: i64,
     /// RFM segments; `None` when off.
     segments: Option<Segments>,
+    /// Stage and segment changes a plan carries before its full evaluation.
+    count_steps: usize,
 }
 
 fn millis(d: std::time::Duration) -> i64 {
@@ -123,7 +126,25 @@ impl RuleBook {
             holdout: Holdout::new(&config.policy.holdout)?,
             attribution_ms,
             segments,
+            count_steps: COUNT_STEPS,
         })
+    }
+
+    /// The same rules with at most `steps` counted changes planned ahead of each full
+    /// evaluation; 0 wakes the user at every change.
+    pub fn with_count_steps(mut self, steps: usize) -> RuleBook {
+        self.count_steps = steps;
+        self
+    }
+
+    /// Identifies what decides a user's counted stage and segment and how changes are
+    /// planned: timer entries and per-stage and per-segment counts made under another hash
+    /// must be rebuilt.
+    pub fn plan_hash(&self) -> u64 {
+        let segments = self.segments.as_ref().map_or(0, Segments::config_hash);
+        xxhash_rust::xxh3::xxh3_64(
+            format!("{segments} {:?} {}", self.lifecycle, self.count_steps).as_bytes(),
+        )
     }
 
     pub fn windows(&self) -> &Windows {
@@ -224,7 +245,7 @@ impl RuleBook {
         activity: Activity<'_>,
         now_ms: i64,
         out: &mut Outcome,
-    ) -> Option<i64> {
+    ) -> Wake {
         if let Some(zone) = activity.timezone {
             if profile.timezone.as_deref() != Some(zone) && time_zone(zone).is_some() {
                 profile.timezone = Some(zone.to_string());
@@ -262,21 +283,16 @@ impl RuleBook {
 
     /// An `opt_out` event: nothing goes out until `opt_in`; a deferred trigger is cancelled.
     /// Returns the user's next wake-up.
-    pub fn on_opt_out(
-        &self,
-        profile: &mut UserProfile,
-        now_ms: i64,
-        out: &mut Outcome,
-    ) -> Option<i64> {
+    pub fn on_opt_out(&self, profile: &mut UserProfile, now_ms: i64, out: &mut Outcome) -> Wake {
         profile.opted_out = true;
         self.cancel_deferred(profile, Reason::OptedOut, now_ms, out);
-        self.next_wake(profile, now_ms)
+        self.plan(profile, now_ms)
     }
 
     /// Returns the user's next wake-up.
-    pub fn on_opt_in(&self, profile: &mut UserProfile, now_ms: i64) -> Option<i64> {
+    pub fn on_opt_in(&self, profile: &mut UserProfile, now_ms: i64) -> Wake {
         profile.opted_out = false;
-        self.next_wake(profile, now_ms)
+        self.plan(profile, now_ms)
     }
 
     /// A `user_deleted` event: reports what the deletion cancels; the caller then removes
@@ -319,13 +335,15 @@ impl RuleBook {
         profile: &mut UserProfile,
         now_ms: i64,
         out: &mut Outcome,
-    ) -> Option<i64> {
+    ) -> Wake {
         self.evaluate(user_id, profile, now_ms, out)
     }
 
-    /// The next time this user needs looking at without new activity, strictly after
-    /// `now_ms`: the earliest rule deadline, stage change or deferred release.
-    pub fn next_wake(&self, profile: &UserProfile, now_ms: i64) -> Option<i64> {
+    /// When this user needs looking at next without new activity, strictly after
+    /// `now_ms`: the earliest rule deadline or deferred release, with the stage and segment
+    /// changes before it planned as counted steps (the profile's stored stage and segment,
+    /// settled at `now_ms`, are where they start).
+    pub fn plan(&self, profile: &UserProfile, now_ms: i64) -> Wake {
         let rules = self
             .rules
             .iter()
@@ -334,22 +352,119 @@ impl RuleBook {
         self.wake(profile, now_ms, rules)
     }
 
-    /// The earliest of the rules' earliest deadline, the next stage change, the next
-    /// segment change and a deferred release, never at or before `now_ms`.
-    fn wake(&self, profile: &UserProfile, now_ms: i64, rules: Option<i64>) -> Option<i64> {
-        let stage = self.lifecycle.next_change(profile, now_ms);
-        let segment = self
-            .segments
-            .as_ref()
-            .and_then(|s| s.next_change(profile, now_ms));
+    /// The time of the user's next timer entry: [`RuleBook::plan`]'s first step or full
+    /// evaluation.
+    pub fn next_wake(&self, profile: &UserProfile, now_ms: i64) -> Option<i64> {
+        self.plan(profile, now_ms).next_ms()
+    }
+
+    /// The earliest of the rules' earliest deadline and a deferred release, never at or
+    /// before `now_ms`, with the counted changes before it; when more changes come before
+    /// it than a plan carries, the first one beyond is a full evaluation instead.
+    fn wake(&self, profile: &UserProfile, now_ms: i64, rules: Option<i64>) -> Wake {
         let release = profile.deferred.as_ref().map(|d| d.release_ms);
-        rules
+        let mut full_ms = rules
             .into_iter()
-            .chain(stage)
-            .chain(segment)
             .chain(release)
             .map(|t| t.max(now_ms.saturating_add(1)))
-            .min()
+            .min();
+        let mut steps = self.count_steps_before(profile, now_ms, full_ms, self.count_steps + 1);
+        if steps.len() > self.count_steps {
+            full_ms = steps.get(self.count_steps).map(|s| s.at_ms);
+            steps.truncate(self.count_steps);
+        }
+        Wake { full_ms, steps }
+    }
+
+    /// The moments after `now_ms` and before `until` at which the stored stage or segment
+    /// changes without new activity, at most `limit` of them.
+    fn count_steps_before(
+        &self,
+        profile: &UserProfile,
+        now_ms: i64,
+        until: Option<i64>,
+        limit: usize,
+    ) -> crate::wake::Steps {
+        let until = until.unwrap_or(i64::MAX);
+        let mut stages: smallvec::SmallVec<[(i64, Option<LifecycleStage>); 4]> =
+            smallvec::SmallVec::new();
+        self.lifecycle.changes(profile, now_ms, &mut stages);
+        let mut segments = crate::segment::SegmentChanges::new();
+        if let Some(s) = &self.segments {
+            s.changes(profile, now_ms, until, limit, &mut segments);
+        }
+        let mut state = self.counted(profile);
+        let (mut i, mut j) = (0, 0);
+        let mut steps = crate::wake::Steps::new();
+        while steps.len() < limit {
+            let at = match (stages.get(i), segments.get(j)) {
+                (Some((a, _)), Some((b, _))) => *a.min(b),
+                (Some((a, _)), None) => *a,
+                (None, Some((b, _))) => *b,
+                (None, None) => break,
+            };
+            if at >= until {
+                break;
+            }
+            let from = state;
+            while let Some((_, stage)) = stages.get(i).filter(|(t, _)| *t == at) {
+                state.stage = *stage;
+                i += 1;
+            }
+            while let Some((_, segment)) = segments.get(j).filter(|(t, _)| *t == at) {
+                state.segment = Some(*segment);
+                j += 1;
+            }
+            if state != from {
+                steps.push(CountStep {
+                    at_ms: at,
+                    from,
+                    to: state,
+                });
+            }
+        }
+        steps
+    }
+
+    /// The user's stage and segment as stored: what the partition counts them in.
+    fn counted(&self, profile: &UserProfile) -> CountedAs {
+        CountedAs {
+            stage: profile.stage.map(|m| m.stage),
+            segment: self.segments.as_ref().and(profile.segment),
+        }
+    }
+
+    /// Brings a profile read from the store up to `upto` (the partition clock, or just
+    /// before a full evaluation that is due): the stage and segment changes counted by
+    /// timer steps since the profile was last evaluated are applied to it, without being
+    /// reported again. Returns the time of the user's timer entry, which those steps have
+    /// moved on from the profile's own: the first change after `upto` before the profile's
+    /// full evaluation, else the full evaluation.
+    ///
+    /// Every entry due at or before `upto` must have fired: the changes until then are then
+    /// exactly those counted, because a plan computed from the caught-up profile is the
+    /// rest of the plan made when it was evaluated.
+    pub fn catch_up(&self, profile: &mut UserProfile, upto: i64) -> Option<i64> {
+        if let Some(entry) = profile.timer_entry {
+            if entry.is_none_or(|at| at > upto) {
+                return entry;
+            }
+        }
+        self.lifecycle.catch_up(profile, upto);
+        if let Some(segments) = &self.segments {
+            let segment = segments.segment_at(profile, upto);
+            if segment.is_some() {
+                profile.segment = segment;
+            }
+        }
+        let full = profile.wake_at_ms;
+        let entry = self
+            .count_steps_before(profile, upto, full, 1)
+            .first()
+            .map(|s| s.at_ms)
+            .or(full);
+        profile.timer_entry = Some(entry);
+        entry
     }
 
     /// Each rule's next deadline for this user, if it has one: what `inspect` shows.
@@ -373,7 +488,7 @@ impl RuleBook {
         profile: &mut UserProfile,
         now_ms: i64,
         out: &mut Outcome,
-    ) -> Option<i64> {
+    ) -> Wake {
         out.stage(self.lifecycle.settle(profile, now_ms));
         self.settle_segment(profile, now_ms, out);
         if profile

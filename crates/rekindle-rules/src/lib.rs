@@ -26,6 +26,7 @@ mod segment;
 mod silence;
 mod stage;
 mod trigger_id;
+mod wake;
 mod window;
 
 #[cfg(test)]
@@ -54,6 +55,7 @@ pub use rule::Rule;
 pub use segment::{Scores, SegmentConfig, SegmentRuleConfig, Segments, MAX_SEGMENTS};
 pub use stage::{Lifecycle, LifecycleStage, StageChange};
 pub use trigger_id::trigger_id;
+pub use wake::{CountStep, CountedAs, Steps, Wake, COUNT_STEPS};
 pub use window::{WindowConfig, Windows};
 
 /// Milliseconds in a UTC calendar day.

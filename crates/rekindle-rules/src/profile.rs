@@ -115,8 +115,10 @@ pub struct UserProfile {
     /// Active buckets, ascending by index, at most `retained` of them ending with the latest.
     #[serde(with = "crate::bucket_codec")]
     pub buckets: Vec<Bucket>,
-    /// The time of this user's single entry in the timer index, if any. Kept here so the
-    /// entry can be found and removed without searching the index.
+    /// The user's next full evaluation, if any. The user's single entry in the timer index is
+    /// here or at a counted stage or segment change before it, which
+    /// [`crate::RuleBook::catch_up`] finds, so the entry is removed without searching the
+    /// index.
     pub wake_at_ms: Option<i64>,
     /// `None` until the first activity.
     pub stage: Option<StageMemory>,
@@ -143,6 +145,11 @@ pub struct UserProfile {
     /// The RFM segment (index into the configured names) at the last evaluation; `None`
     /// before the first activity or when segments are off.
     pub segment: Option<u8>,
+    /// Where this process last put the user's timer entry (`Some(None)`: no entry), while
+    /// the profile stays in memory: when that is still ahead, no counted step has fired and
+    /// catching up has nothing to do. Never stored; `None`: unknown.
+    #[serde(skip)]
+    pub timer_entry: Option<Option<i64>>,
 }
 
 /// What recording one activity did to the profile.

@@ -11,12 +11,16 @@
 use std::time::Duration;
 
 use serde::Deserialize;
+use smallvec::SmallVec;
 
 use crate::error::invalid;
 use crate::{RulesError, UserProfile, Windows};
 
 /// At most this many segments, so that counts fit a fixed array in the partition's meta.
 pub const MAX_SEGMENTS: usize = 16;
+
+/// Segment changes found by one sweep, kept on the stack up to this many.
+pub(crate) type SegmentChanges = SmallVec<[(i64, u8); 10]>;
 
 /// One line of the segment table: a name and the score ranges it covers, e.g. `r = "4-5"`.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -290,10 +294,43 @@ impl Segments {
     /// `now_ms`, if no activity comes in between.
     pub fn next_change(&self, profile: &UserProfile, now_ms: i64) -> Option<i64> {
         let current = self.segment_at(profile, now_ms)?;
+        let mut out = SegmentChanges::new();
+        self.sweep(profile, now_ms, Some(current), i64::MAX, 1, &mut out);
+        out.first().map(|(at, _)| *at)
+    }
+
+    /// The segment changes after `now_ms` and before `until` without new activity,
+    /// starting from the stored segment: each moment with the segment from then on,
+    /// ascending, at most `limit` of them.
+    pub(crate) fn changes(
+        &self,
+        profile: &UserProfile,
+        now_ms: i64,
+        until: i64,
+        limit: usize,
+        out: &mut SegmentChanges,
+    ) {
+        if profile.has_activity() {
+            self.sweep(profile, now_ms, profile.segment, until, limit, out);
+        }
+    }
+
+    fn sweep(
+        &self,
+        profile: &UserProfile,
+        now_ms: i64,
+        start: Option<u8>,
+        until: i64,
+        limit: usize,
+        out: &mut SegmentChanges,
+    ) {
+        if limit == 0 {
+            return;
+        }
         let (_, _, from) = self.window(profile, now_ms);
         let width = self.windows.width_ms();
         // Moments a score can move: a bucket leaves the lookback, a recency threshold passes.
-        let mut moments: Vec<(i64, Option<usize>)> = profile.buckets[from..]
+        let mut moments: SmallVec<[(i64, Option<usize>); 40]> = profile.buckets[from..]
             .iter()
             .enumerate()
             .map(|(i, b)| ((b.index + self.lookback) * width, Some(from + i)))
@@ -301,10 +338,20 @@ impl Segments {
         for silent in self.recency_ms {
             moments.push((profile.last_active_ms.saturating_add(silent), None));
         }
-        moments.retain(|(t, _)| *t > now_ms);
+        moments.retain(|(t, _)| *t > now_ms && *t < until);
         moments.sort_unstable_by_key(|(t, _)| *t);
-        // Buckets leave oldest first, so what is left is always a suffix of the buckets.
+        // Buckets leave oldest first, so what is left is always a suffix of the buckets: the
+        // amount of each suffix, summed as `amount_of` sums it (from the latest bucket on).
+        let mut suffix_amounts: SmallVec<[f64; 40]> = SmallVec::new();
+        suffix_amounts.resize(profile.buckets.len() - from + 1, 0.0);
+        let mut sum = 0.0;
+        for (i, b) in profile.buckets[from..].iter().enumerate().rev() {
+            sum += b.amount;
+            suffix_amounts[i] = sum;
+        }
         let mut left_from = from;
+        let mut current = start;
+        let mut found = 0;
         let mut at = 0;
         while at < moments.len() {
             let time = moments[at].0;
@@ -315,18 +362,27 @@ impl Segments {
                 }
                 at += 1;
             }
-            let inside = profile.buckets.get(left_from..).unwrap_or_default();
+            let inside = profile.buckets.len().saturating_sub(left_from);
             let silent = (time - profile.last_active_ms).max(0);
+            let amount = suffix_amounts
+                .get(left_from - from)
+                .copied()
+                .unwrap_or_default();
             let scores = Scores {
                 r: self.recency_score(silent),
-                f: self.frequency_score(inside.len() as u32),
-                m: self.monetary_score(amount_of(inside)),
+                f: self.frequency_score(inside as u32),
+                m: self.monetary_score(amount),
             };
-            if self.table[cell(scores)] != current {
-                return Some(time);
+            let segment = self.table[cell(scores)];
+            if Some(segment) != current {
+                out.push((time, segment));
+                found += 1;
+                if found >= limit {
+                    return;
+                }
+                current = Some(segment);
             }
         }
-        None
     }
 }
 

@@ -124,6 +124,17 @@ impl Lifecycle {
     /// is: a user who was at risk or worse becomes active only after recovering (active on
     /// `recover_active_days` buckets within `recover_within`); one visit makes them at risk.
     pub fn stage_at(&self, profile: &UserProfile, now_ms: i64) -> Option<LifecycleStage> {
+        let lapsing = profile.stage.is_some_and(|m| m.stage.is_lapsing());
+        self.stage_given(profile, lapsing, now_ms)
+    }
+
+    /// [`Lifecycle::stage_at`] for a user whose last stage was lapsing (or not).
+    fn stage_given(
+        &self,
+        profile: &UserProfile,
+        lapsing: bool,
+        now_ms: i64,
+    ) -> Option<LifecycleStage> {
         if !profile.has_activity() {
             return None;
         }
@@ -137,8 +148,7 @@ impl Lifecycle {
         if silent >= self.at_risk_ms {
             return Some(LifecycleStage::AtRisk);
         }
-        let returning = profile.stage.is_some_and(|m| m.stage.is_lapsing());
-        if returning && !self.recovered(profile) {
+        if lapsing && !self.recovered(profile) {
             return Some(LifecycleStage::AtRisk);
         }
         if now_ms.saturating_sub(profile.first_active_ms) < self.new_for_ms {
@@ -168,6 +178,60 @@ impl Lifecycle {
             since_ms: now_ms,
         });
         Some(StageChange { from, to })
+    }
+
+    /// The stage changes silence alone brings after `now_ms`, starting from the stored
+    /// stage: each moment with the stage from then on, ascending.
+    pub(crate) fn changes(
+        &self,
+        profile: &UserProfile,
+        now_ms: i64,
+        out: &mut smallvec::SmallVec<[(i64, Option<LifecycleStage>); 4]>,
+    ) {
+        if !profile.has_activity() {
+            return;
+        }
+        let last = profile.last_active_ms;
+        let mut moments = [
+            profile.first_active_ms.saturating_add(self.new_for_ms),
+            last.saturating_add(self.at_risk_ms),
+            last.saturating_add(self.dormant_ms),
+            last.saturating_add(self.churned_ms),
+        ];
+        moments.sort_unstable();
+        let mut current = profile.stage.map(|m| m.stage);
+        for at in moments.into_iter().filter(|t| *t > now_ms) {
+            let lapsing = current.is_some_and(|s| s.is_lapsing());
+            let stage = self.stage_given(profile, lapsing, at);
+            if stage != current {
+                out.push((at, stage));
+                current = stage;
+            }
+        }
+    }
+
+    /// Brings the stored stage to `now_ms` without reporting a change: for a user whose
+    /// changes since its last evaluation were counted already, by timer steps that did not
+    /// read the profile. Silence is all that can have moved it, so the stage is dated by
+    /// the threshold that brought it.
+    pub(crate) fn catch_up(&self, profile: &mut UserProfile, now_ms: i64) {
+        let to = self.stage_at(profile, now_ms);
+        if to == profile.stage.map(|m| m.stage) {
+            return;
+        }
+        let last = profile.last_active_ms;
+        profile.stage = to.map(|stage| StageMemory {
+            stage,
+            since_ms: match stage {
+                LifecycleStage::Churned => last.saturating_add(self.churned_ms),
+                LifecycleStage::Dormant => last.saturating_add(self.dormant_ms),
+                LifecycleStage::AtRisk => last.saturating_add(self.at_risk_ms),
+                LifecycleStage::Active | LifecycleStage::New => profile
+                    .first_active_ms
+                    .saturating_add(self.new_for_ms)
+                    .min(now_ms),
+            },
+        });
     }
 
     /// The next time the stage can change without new activity: a timer for the user.

@@ -84,7 +84,7 @@ impl Sim {
                 .on_wake(&self.user, &mut self.profile, wake, &mut out);
             assert_eq!(
                 next,
-                self.book.next_wake(&self.profile, wake),
+                self.book.plan(&self.profile, wake),
                 "on_wake's wake-up"
             );
             self.take(out);
@@ -106,7 +106,7 @@ impl Sim {
                 .on_activity(&self.user, &mut self.profile, activity, self.now, &mut out);
         assert_eq!(
             next,
-            self.book.next_wake(&self.profile, self.now),
+            self.book.plan(&self.profile, self.now),
             "on_activity's wake-up"
         );
         self.take(out);
@@ -555,7 +555,7 @@ fn opted_out_users_get_nothing_until_they_opt_in() {
     sim.book.on_opt_out(&mut sim.profile, sim.now, &mut out);
     sim.run_until(T0 + 20 * DAY);
     let next = sim.book.on_opt_in(&mut sim.profile, sim.now);
-    assert_eq!(next, sim.book.next_wake(&sim.profile, sim.now));
+    assert_eq!(next, sim.book.plan(&sim.profile, sim.now));
     for d in [21, 22, 23] {
         sim.act(T0 + d * DAY);
     }
@@ -819,5 +819,84 @@ proptest! {
         for d in sim.decisions.iter().filter(|d| !matches!(d.verdict, Verdict::Deferred { .. })) {
             prop_assert!(final_ids.insert(d.trigger.trigger_id.clone()), "{} decided twice", d.trigger.trigger_id);
         }
+    }
+}
+
+/// The stage and segment a profile is counted in.
+fn counted_as(profile: &UserProfile) -> CountedAs {
+    CountedAs {
+        stage: profile.stage.map(|m| m.stage),
+        segment: profile.segment,
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    /// A plan's counted steps are the changes that waking the user at every change would
+    /// find, at the same moments; and a profile caught up at any moment before the full
+    /// evaluation stands where those steps left it, with its timer entry at the next step.
+    #[test]
+    fn planned_steps_are_the_changes_and_catch_up_follows_them(
+        mut acts in proptest::collection::vec((0i64..(60 * DAY), 0u32..4000, 0usize..4), 1..30),
+        probe in 0i64..(200 * DAY),
+        steps in 0usize..10,
+    ) {
+        let windows = Windows::new(&WindowConfig::default()).expect("windows");
+        let book = RuleBook::new(windows, &RuleBookConfig::default())
+            .expect("valid")
+            .with_count_steps(steps);
+        let eager_book = book.clone().with_count_steps(0);
+        acts.sort_unstable();
+        let mut profile = UserProfile::default();
+        let mut wake = Wake::default();
+        let mut now = 0;
+        for (t, secs, amount) in &acts {
+            now = T0 + t;
+            let activity = Activity {
+                timestamp_ms: now,
+                session_seconds: *secs,
+                amount: [0.0, 5.0, 50.0, 300.0][*amount],
+                timezone: None,
+            };
+            wake = book.on_activity("u1", &mut profile, activity, now, &mut Outcome::default());
+            profile.wake_at_ms = wake.full_ms;
+        }
+        prop_assert!(wake.steps.len() <= steps);
+        if steps == 0 {
+            prop_assert!(wake.steps.is_empty());
+        }
+
+        let mut eager = profile.clone();
+        let mut at = now;
+        let mut seen = Vec::new();
+        while let Some(next) = eager_book.next_wake(&eager, at) {
+            if wake.full_ms.is_some_and(|full| next >= full) {
+                break;
+            }
+            let from = counted_as(&eager);
+            eager_book.on_wake("u1", &mut eager, next, &mut Outcome::default());
+            let to = counted_as(&eager);
+            prop_assert_ne!(from, to, "a wake before the full evaluation that changed nothing");
+            seen.push(CountStep { at_ms: next, from, to });
+            at = next;
+        }
+        prop_assert_eq!(&seen[..], &wake.steps[..]);
+
+        let upto = now + probe;
+        if wake.full_ms.is_some_and(|full| upto >= full) {
+            return Ok(());
+        }
+        let mut caught = profile.clone();
+        let entry = book.catch_up(&mut caught, upto);
+        let passed = wake.steps.iter().take_while(|s| s.at_ms <= upto).count();
+        let expected_entry = wake.steps.get(passed).map(|s| s.at_ms).or(wake.full_ms);
+        prop_assert_eq!(entry, expected_entry);
+        let expected_state = wake.steps[..passed].last().map_or(counted_as(&profile), |s| s.to);
+        prop_assert_eq!(counted_as(&caught), expected_state);
+        // Catching up again changes nothing.
+        let again = caught.clone();
+        prop_assert_eq!(book.catch_up(&mut caught, upto), entry);
+        prop_assert_eq!(caught, again);
     }
 }

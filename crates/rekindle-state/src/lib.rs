@@ -33,4 +33,4 @@ pub use changelog::{
 pub use error::StateError;
 pub use partition::{DueTimer, PartitionState};
 pub use restore::{Restore, RestoreSummary};
-pub use store::{PartitionMeta, Store, StoreOptions, StoreStats};
+pub use store::{PartitionMeta, Store, StoreOptions, StoreStats, TimerEntry};

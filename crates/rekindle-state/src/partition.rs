@@ -1,4 +1,4 @@
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 
 use foldhash::{HashSet, HashSetExt};
 
@@ -19,19 +19,24 @@ const TIMER_CHUNK: usize = 4_096;
 /// The in-memory timer window is cut back to half of this when it grows past it.
 const TIMER_WINDOW_MAX: usize = 65_536;
 
-/// A timer whose time has come: wake `user_id`, whose profile said `due_ms`.
+/// A timer whose time has come: wake `user_id`, whose profile said `due_ms`, or count what
+/// `value` says (see `rekindle_rules::Wake`).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct DueTimer {
     pub due_ms: i64,
     pub user_id: String,
+    pub value: Vec<u8>,
 }
+
+/// A timer index entry's key: (due time, user).
+type TimerKey = (i64, String);
 
 /// The earliest part of the partition's timer index, held in memory so that checking for
 /// due timers (after every record that moves the clock) reads no RocksDB iterator.
 struct TimerWindow {
     /// Every index entry (stored, plus this batch's additions, minus its removals) due at or
     /// before `through`.
-    entries: BTreeSet<(i64, String)>,
+    entries: BTreeMap<TimerKey, Vec<u8>>,
     /// `None` until first loaded; `Some(i64::MAX)` once the whole index is in memory.
     through: Option<i64>,
     /// Entries read from RocksDB at a time.
@@ -43,7 +48,7 @@ struct TimerWindow {
 impl TimerWindow {
     fn new(chunk: usize, max: usize) -> TimerWindow {
         TimerWindow {
-            entries: BTreeSet::new(),
+            entries: BTreeMap::new(),
             through: None,
             chunk: chunk.max(1),
             max: max.max(2),
@@ -64,7 +69,7 @@ impl TimerWindow {
         if self.entries.len() <= self.max {
             return;
         }
-        let Some(cut) = self.entries.iter().nth(self.max / 2).map(|(d, _)| *d) else {
+        let Some(cut) = self.entries.keys().nth(self.max / 2).map(|(d, _)| *d) else {
             return;
         };
         self.entries.split_off(&(cut, String::new()));
@@ -99,8 +104,10 @@ pub struct PartitionState {
     /// and entries it holds, to delete. An entry armed and moved again within one batch is
     /// in neither, so a user active many times in a batch costs one deletion, not one per
     /// event.
-    timers_added: BTreeSet<(i64, String)>,
-    timers_deleted: HashSet<(i64, String)>,
+    /// Puts carry the value and whether the store holds the key already (a put over it, so
+    /// a later removal in the batch must still delete it).
+    timers_added: BTreeMap<TimerKey, (Vec<u8>, bool)>,
+    timers_deleted: HashSet<TimerKey>,
     timers: TimerWindow,
     /// Flushes so far: the clock of the profile cache's eviction.
     batch: u64,
@@ -137,7 +144,7 @@ impl PartitionState {
             meta: stored.unwrap_or_default(),
             has_meta: stored.is_some(),
             profiles: ProfileCache::default(),
-            timers_added: BTreeSet::new(),
+            timers_added: BTreeMap::new(),
             timers_deleted: HashSet::new(),
             timers,
             batch: 0,
@@ -216,12 +223,13 @@ impl PartitionState {
         move_count(&mut self.meta.segment_users, from, to);
     }
 
-    /// Replaces the per-segment counts and the configuration they were counted under (after
-    /// every profile's segment was recomputed).
-    pub fn set_segment_counts(&mut self, users: [i64; MAX_SEGMENTS], hash: u64) {
+    /// Replaces the per-stage and per-segment counts and the configuration they were
+    /// counted under (after every profile was planned anew).
+    pub fn set_plan_counts(&mut self, stages: [i64; 5], segments: [i64; MAX_SEGMENTS], hash: u64) {
         self.meta_dirty = true;
-        self.meta.segment_users = users;
-        self.meta.segment_hash = hash;
+        self.meta.stage_users = stages;
+        self.meta.segment_users = segments;
+        self.meta.plan_hash = hash;
     }
 
     /// Up to `limit` users of this partition with a stored profile, after `after` (flush
@@ -249,9 +257,10 @@ impl PartitionState {
             .get_mut(&self.store, self.partition, self.batch, share, user_id)
     }
 
-    /// Moves the user's single timer. Callers keep `UserProfile::wake_at_ms` in step.
-    pub fn move_timer(&mut self, user_id: &str, from: Option<i64>, to: Option<i64>) {
-        if from == to {
+    /// Moves the user's single timer entry from the time `from` to `to`, with its value.
+    /// Callers keep the profile in step (see `rekindle_rules::RuleBook::catch_up`).
+    pub fn move_timer(&mut self, user_id: &str, from: Option<i64>, to: Option<(i64, Vec<u8>)>) {
+        if from.is_none() && to.is_none() {
             return;
         }
         self.meta_dirty = true;
@@ -268,23 +277,39 @@ impl PartitionState {
             }
             self.unarm(key);
         }
-        if let Some(new) = to {
+        if let Some((new, value)) = to {
             let key = (new, user_id.to_string());
             if self.timers.covers(new) {
-                self.timers.entries.insert(key.clone());
+                self.timers.entries.insert(key.clone(), value.clone());
                 self.timers.trim();
             }
-            if !self.timers_deleted.remove(&key) {
-                self.timers_added.insert(key);
-            }
+            // Put even over a stored entry at the same time: its value may differ.
+            let stored = self.timers_deleted.remove(&key);
+            self.timers_added.insert(key, (value, stored));
         }
     }
 
+    /// Empties the partition's timer index (in RocksDB at once) before every user's entry
+    /// is planned anew, when the entries were planned under another configuration and
+    /// cannot be found from the profiles.
+    pub fn clear_timers(&mut self) -> Result<(), StateError> {
+        self.store.clear_timers(self.partition)?;
+        self.timers_added.clear();
+        self.timers_deleted.clear();
+        self.timers = TimerWindow::new(self.timers.chunk, self.timers.max);
+        self.meta.pending_timers = 0;
+        self.meta_dirty = true;
+        self.load_timers()
+    }
+
     /// Takes an entry out of the index as the flush will write it: an entry armed in this
-    /// batch was never stored and just goes; any other is deleted.
-    fn unarm(&mut self, key: (i64, String)) {
-        if !self.timers_added.remove(&key) {
-            self.timers_deleted.insert(key);
+    /// batch where the store has none just goes; any other is deleted.
+    fn unarm(&mut self, key: TimerKey) {
+        match self.timers_added.remove(&key) {
+            Some((_, false)) => {}
+            Some((_, true)) | None => {
+                self.timers_deleted.insert(key);
+            }
         }
     }
 
@@ -292,8 +317,8 @@ impl PartitionState {
     pub fn may_have_due(&self, now_ms: i64) -> bool {
         self.timers
             .entries
-            .first()
-            .is_some_and(|(d, _)| *d <= now_ms)
+            .first_key_value()
+            .is_some_and(|((d, _), _)| *d <= now_ms)
             || !self.timers.covers(now_ms)
     }
 
@@ -311,20 +336,20 @@ impl PartitionState {
             self.store
                 .timers_from(self.partition, from, self.timers.chunk)?;
         let through = match stored.last() {
-            Some((last, _)) if !exhausted => *last,
+            Some(((last, _), _)) if !exhausted => *last,
             _ => i64::MAX,
         };
-        for key in stored {
-            if !self.timers_deleted.contains(&key) {
-                self.timers.entries.insert(key);
+        for (key, value) in stored {
+            if !self.timers_deleted.contains(&key) && !self.timers_added.contains_key(&key) {
+                self.timers.entries.insert(key, value);
             }
         }
-        for key in self
+        for (key, (value, _)) in self
             .timers_added
             .range((from, String::new())..)
-            .take_while(|(d, _)| *d <= through)
+            .take_while(|((d, _), _)| *d <= through)
         {
-            self.timers.entries.insert(key.clone());
+            self.timers.entries.insert(key.clone(), value.clone());
         }
         self.timers.through = Some(through);
         Ok(())
@@ -337,10 +362,10 @@ impl PartitionState {
             if self
                 .timers
                 .entries
-                .first()
-                .is_some_and(|(due, _)| *due <= now_ms)
+                .first_key_value()
+                .is_some_and(|((due, _), _)| *due <= now_ms)
             {
-                let Some(key) = self.timers.entries.pop_first() else {
+                let Some((key, value)) = self.timers.entries.pop_first() else {
                     return Ok(None);
                 };
                 self.unarm(key.clone());
@@ -349,6 +374,7 @@ impl PartitionState {
                 return Ok(Some(DueTimer {
                     due_ms: key.0,
                     user_id: key.1,
+                    value,
                 }));
             }
             if self.timers.covers(now_ms) {
@@ -433,7 +459,7 @@ impl PartitionState {
             .iter()
             .map(|(user, value)| user.len() + value.len() + 16)
             .sum::<usize>()
-            + timer_entries * 40
+            + timer_entries * 48
             + 1024;
         let mut batch = WriteBatch::with_capacity_bytes(bytes);
         for (user, value) in encoded {
@@ -447,8 +473,8 @@ impl PartitionState {
         for (due, user) in timers_deleted {
             batch.delete_cf(timers_cf, timer_key(self.partition, *due, user));
         }
-        for (due, user) in &self.timers_added {
-            batch.put_cf(timers_cf, timer_key(self.partition, *due, user), []);
+        for ((due, user), (value, _)) in &self.timers_added {
+            batch.put_cf(timers_cf, timer_key(self.partition, *due, user), value);
         }
         if self.has_meta {
             let meta = encode("partition meta", &self.meta)?;
@@ -488,7 +514,7 @@ mod tests {
         let mut p = PartitionState::open(&store, 3).expect("open");
         assert_eq!(p.resume_offset(), None);
         p.profile_mut("alice").expect("profile").last_active_ms = 42;
-        p.move_timer("alice", None, Some(100));
+        p.move_timer("alice", None, Some((100, Vec::new())));
         p.set_next_offset(17);
         p.set_clock_ms(50);
         p.flush(None).expect("flush");
@@ -557,13 +583,13 @@ mod tests {
     fn take_due_merges_stored_and_buffered_timers_once() {
         let (_dir, store) = store();
         let mut p = PartitionState::open(&store, 1).expect("open");
-        p.move_timer("a", None, Some(10));
-        p.move_timer("b", None, Some(30));
-        p.move_timer("c", None, Some(20));
+        p.move_timer("a", None, Some((10, Vec::new())));
+        p.move_timer("b", None, Some((30, Vec::new())));
+        p.move_timer("c", None, Some((20, Vec::new())));
         p.flush(None).expect("flush");
         // In the next batch: c moves later, d is new and early.
-        p.move_timer("c", Some(20), Some(40));
-        p.move_timer("d", None, Some(5));
+        p.move_timer("c", Some(20), Some((40, Vec::new())));
+        p.move_timer("d", None, Some((5, Vec::new())));
         assert!(p.may_have_due(5));
         assert!(!p.may_have_due(4));
         let due: Vec<_> = p
@@ -578,7 +604,7 @@ mod tests {
         );
         assert!(p.take_due(30).expect("again").is_empty(), "handed out once");
         // Re-arming a handed-out timer at a time already scanned still finds it.
-        p.move_timer("a", None, Some(12));
+        p.move_timer("a", None, Some((12, Vec::new())));
         assert_eq!(p.take_due(35).expect("re-armed").len(), 1);
         assert!(p.may_have_due(40));
         p.flush(None).expect("flush");
@@ -751,12 +777,13 @@ mod tests {
         /// the timers handed out are exactly those of a plain in-memory index.
         #[test]
         fn the_timer_window_agrees_with_a_plain_index(
-            ops in proptest::collection::vec((0u8..4, 0usize..40, 0i64..200), 1..300),
+            ops in proptest::collection::vec((0u8..5, 0usize..40, 0i64..200), 1..300),
         ) {
             let (_dir, store) = store();
             let window = || TimerWindow::new(3, 8);
             let mut p = PartitionState::open_with_window(&store, 2, window()).expect("open");
-            let mut model: std::collections::BTreeMap<String, i64> = Default::default();
+            // Each user's entry: its time and value.
+            let mut model: std::collections::BTreeMap<String, (i64, Vec<u8>)> = Default::default();
             let mut now = 0i64;
             for (op, user, t) in ops {
                 let id = format!("u{user}");
@@ -764,9 +791,10 @@ mod tests {
                     0 | 1 => {
                         // Ten times ahead only, so that a user comes back to a time it had
                         // earlier in the batch or in the store.
-                        let to = (op == 0).then_some(now + (t % 10) * 20);
-                        let from = model.get(&id).copied();
-                        p.move_timer(&id, from, to);
+                        let to = (op == 0)
+                            .then(|| (now + (t % 10) * 20, vec![(t % 7) as u8; (t % 3) as usize]));
+                        let from = model.get(&id).map(|(d, _)| *d);
+                        p.move_timer(&id, from, to.clone());
                         match to {
                             Some(to) => model.insert(id, to),
                             None => model.remove(&id),
@@ -774,20 +802,24 @@ mod tests {
                     }
                     2 => {
                         now += t / 4;
-                        let got: Vec<(i64, String)> = p
+                        let got: Vec<(i64, String, Vec<u8>)> = p
                             .take_due(now)
                             .expect("take")
                             .into_iter()
-                            .map(|d| (d.due_ms, d.user_id))
+                            .map(|d| (d.due_ms, d.user_id, d.value))
                             .collect();
-                        let mut want: Vec<(i64, String)> = model
+                        let mut want: Vec<(i64, String, Vec<u8>)> = model
                             .iter()
-                            .filter(|(_, d)| **d <= now)
-                            .map(|(u, d)| (*d, u.clone()))
+                            .filter(|(_, (d, _))| *d <= now)
+                            .map(|(u, (d, v))| (*d, u.clone(), v.clone()))
                             .collect();
                         want.sort();
-                        model.retain(|_, d| *d > now);
+                        model.retain(|_, (d, _)| *d > now);
                         proptest::prop_assert_eq!(got, want);
+                    }
+                    3 if user % 10 == 0 => {
+                        p.clear_timers().expect("clear");
+                        model.clear();
                     }
                     _ => {
                         p.set_next_offset(now);
@@ -801,17 +833,17 @@ mod tests {
                     }
                 }
                 proptest::prop_assert_eq!(p.meta().pending_timers, model.len() as i64);
-                if model.values().any(|d| *d <= now) {
+                if model.values().any(|(d, _)| *d <= now) {
                     proptest::prop_assert!(p.may_have_due(now));
                 }
             }
             // What the flushes wrote is the index itself: no entry left behind by a move
             // within a batch, none missing.
             p.flush(None).expect("flush");
-            let mut want: Vec<(i64, String)> =
-                model.iter().map(|(u, d)| (*d, u.clone())).collect();
+            let mut want: Vec<((i64, String), Vec<u8>)> =
+                model.iter().map(|(u, (d, v))| ((*d, u.clone()), v.clone())).collect();
             want.sort();
-            let stored = store.timers_between(2, i64::MIN, i64::MAX).expect("timers");
+            let stored = store.timer_entries_between(2, i64::MIN, i64::MAX).expect("timers");
             proptest::prop_assert_eq!(stored, want);
         }
     }

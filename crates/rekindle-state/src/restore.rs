@@ -147,7 +147,7 @@ impl Restore<'_> {
             changelog_next: Some(changelog_next),
             segment_users,
             // Unknown: the worker recomputes every segment under its configuration.
-            segment_hash: 0,
+            plan_hash: 0,
         });
         if let Some(meta) = &meta {
             self.put_meta(meta)?;
@@ -170,17 +170,15 @@ impl Restore<'_> {
     }
 
     /// Replaces the partition's timer index with one entry per profile that has a wake-up,
-    /// and counts users per stage and per segment. Returns (profiles, stage counts, segment
+    /// and counts users per stage and per segment. The entries are full evaluations and the
+    /// counts are those of the stored profiles: the plans are unknown (`plan_hash` 0), so
+    /// the engine plans every user anew when it opens the partition. Returns (profiles, stage counts, segment
     /// counts, timers).
     #[allow(clippy::type_complexity)]
     fn rebuild_timers(&mut self) -> Result<(u64, [i64; 5], [i64; MAX_SEGMENTS], i64), StateError> {
         let store = self.store;
         let timers = store.cf(CF_TIMERS)?;
-        let from = partition_prefix(self.partition);
-        let to = partition_prefix(self.partition.saturating_add(1));
-        let mut clear = WriteBatch::default();
-        clear.delete_range_cf(timers, from, to);
-        store.db().write(clear)?;
+        store.clear_timers(self.partition)?;
 
         let mut users = 0u64;
         let mut stage_users = [0i64; 5];
@@ -251,7 +249,7 @@ mod tests {
                 stage: LifecycleStage::Active,
                 since_ms: next,
             });
-            p.move_timer(user, before, Some(wake));
+            p.move_timer(user, before, Some((wake, Vec::new())));
             if first {
                 p.count_stage_change(None, Some(LifecycleStage::Active.index()));
             }

@@ -6,7 +6,7 @@ use rekindle_rules::{GrowthFigures, UserProfile, MAX_SEGMENTS};
 use rocksdb::statistics::Ticker;
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, Direction,
-    IteratorMode, LruCacheOptions, Options, ReadOptions, DB,
+    IteratorMode, LruCacheOptions, Options, ReadOptions, WriteBatch, DB,
 };
 use serde::{Deserialize, Serialize};
 
@@ -64,10 +64,14 @@ pub struct PartitionMeta {
     /// Users per RFM segment (by index into the configured names), kept exact like
     /// `stage_users`.
     pub segment_users: [i64; MAX_SEGMENTS],
-    /// The segment configuration the stored segments were computed under (0: unknown, e.g.
-    /// after a restore); a worker with another configuration recomputes them at open.
-    pub segment_hash: u64,
+    /// The lifecycle and segment configuration the stored stages, segments, counts and timer
+    /// entries were planned under (0: unknown, e.g. after a restore); a worker with another
+    /// configuration recomputes them at open.
+    pub plan_hash: u64,
 }
+
+/// A timer index entry: (due time, user) and its value (see `rekindle_rules::Wake`).
+pub type TimerEntry = ((i64, String), Vec<u8>);
 
 /// Size figures for metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -349,6 +353,18 @@ impl Store {
         }))
     }
 
+    /// Deletes every timer entry of `partition`.
+    pub fn clear_timers(&self, partition: u32) -> Result<(), StateError> {
+        let mut batch = WriteBatch::default();
+        batch.delete_range_cf(
+            self.cf(CF_TIMERS)?,
+            partition_prefix(partition),
+            partition_prefix(partition.saturating_add(1)),
+        );
+        self.db().write(batch)?;
+        Ok(())
+    }
+
     /// Timers of `partition` with `from_ms <= due <= to_ms`, in due order.
     pub fn timers_between(
         &self,
@@ -356,11 +372,27 @@ impl Store {
         from_ms: i64,
         to_ms: i64,
     ) -> Result<Vec<(i64, String)>, StateError> {
+        Ok(self
+            .timer_entries_between(partition, from_ms, to_ms)?
+            .into_iter()
+            .map(|(key, _)| key)
+            .collect())
+    }
+
+    /// [`Store::timers_between`] with each entry's value.
+    pub fn timer_entries_between(
+        &self,
+        partition: u32,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<TimerEntry>, StateError> {
         let mut found = Vec::new();
         for entry in self.timer_iter(partition, from_ms)? {
-            let (key, _) = entry?;
+            let (key, value) = entry?;
             match parse_timer_key(&key) {
-                Some((p, due, user)) if p == partition && due <= to_ms => found.push((due, user)),
+                Some((p, due, user)) if p == partition && due <= to_ms => {
+                    found.push(((due, user), value.to_vec()))
+                }
                 _ => break,
             }
         }
@@ -375,16 +407,16 @@ impl Store {
         partition: u32,
         from_ms: i64,
         limit: usize,
-    ) -> Result<(Vec<(i64, String)>, bool), StateError> {
-        let mut found: Vec<(i64, String)> = Vec::with_capacity(limit);
+    ) -> Result<(Vec<TimerEntry>, bool), StateError> {
+        let mut found: Vec<TimerEntry> = Vec::with_capacity(limit);
         for entry in self.timer_iter(partition, from_ms)? {
-            let (key, _) = entry?;
+            let (key, value) = entry?;
             match parse_timer_key(&key) {
                 Some((p, due, user)) if p == partition => {
-                    if found.len() >= limit && found.last().is_some_and(|(d, _)| *d != due) {
+                    if found.len() >= limit && found.last().is_some_and(|((d, _), _)| *d != due) {
                         return Ok((found, false));
                     }
-                    found.push((due, user));
+                    found.push(((due, user), value.to_vec()));
                 }
                 _ => break,
             }

@@ -38,13 +38,15 @@ pub fn inspect(settings: &Settings, args: &InspectArgs) -> anyhow::Result<()> {
         found = true;
         let clock = store.meta(partition)?.map_or(0, |m| m.clock_ms);
         let stage = book.lifecycle().stage_at(&profile, clock);
+        // Where the user's timer entry stands: counted steps move it on from the profile's.
+        let timer = book.catch_up(&mut profile.clone(), clock);
         let pending: Vec<_> = book
             .pending(&profile, clock)
             .into_iter()
             .map(|(rule, due)| json!({"rule": rule, "due_at": time(due), "due_at_ms": due}))
             .collect();
         // As of the clock, with the scores behind it (the stored one is as of the last
-        // evaluation, which the timer keeps current).
+        // evaluation: changes since were counted by timer steps without the profile).
         let segment = book.segments().and_then(|segments| {
             let scores = segments.scores(&profile, clock)?;
             let name = segments.name(segments.segment_at(&profile, clock)?)?;
@@ -72,7 +74,8 @@ pub fn inspect(settings: &Settings, args: &InspectArgs) -> anyhow::Result<()> {
             "last_active": time(profile.last_active_ms),
             "timezone": profile.timezone,
             "opted_out": profile.opted_out,
-            "timer": profile.wake_at_ms.map(time),
+            "timer": timer.map(time),
+            "next_evaluation": profile.wake_at_ms.map(time),
             "pending": pending,
             "deferred": profile.deferred.as_ref().map(|d| json!({
                 "rule": d.trigger.rule_id, "trigger_id": d.trigger.trigger_id, "release_at": time(d.release_ms)

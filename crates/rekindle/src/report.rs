@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use rekindle_rules::{
-    day_label, lift, ArmCounts, CohortCounts, DayCounts, Growth, RuleBook, Segments, RETENTION_DAYS,
+    day_label, lift, ArmCounts, CohortCounts, DayCounts, Growth, RuleBook, RETENTION_DAYS,
 };
 use rekindle_state::Store;
 use serde::Serialize;
@@ -137,11 +137,11 @@ pub fn report(settings: &Settings, args: &ReportArgs) -> anyhow::Result<()> {
         Some(input) => {
             let temp = tempfile::tempdir().context("creating a temporary state directory")?;
             replay::run_file(settings, input, args.until_ms, temp.path(), &mut |_| {})?;
-            totals(growth.as_ref(), segments, temp.path())?
+            totals(growth.as_ref(), &rules, temp.path())?
         }
         None => {
             let dir = args.state_dir.as_deref().unwrap_or(&settings.state.dir);
-            totals(growth.as_ref(), segments, dir)?
+            totals(growth.as_ref(), &rules, dir)?
         }
     };
     let stdout = std::io::stdout();
@@ -156,11 +156,8 @@ pub fn report(settings: &Settings, args: &ReportArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn totals(
-    growth: Option<&Growth>,
-    segments: Option<&Segments>,
-    dir: &Path,
-) -> anyhow::Result<Totals> {
+fn totals(growth: Option<&Growth>, rules: &RuleBook, dir: &Path) -> anyhow::Result<Totals> {
+    let segments = rules.segments();
     let store = Store::open_read_only(dir)
         .with_context(|| format!("opening the state directory {}", dir.display()))?;
     let mut totals = Totals {
@@ -174,10 +171,10 @@ fn totals(
         let Some(meta) = store.meta(partition)? else {
             continue;
         };
-        if let (Some(segments), Some(counts)) = (segments, totals.segments.as_mut()) {
-            if meta.segment_hash != segments.config_hash() {
+        if let (Some(_), Some(counts)) = (segments, totals.segments.as_mut()) {
+            if meta.plan_hash != rules.plan_hash() {
                 bail!(
-                    "partition {partition}: its segments were counted under another [segments] configuration (a worker recomputes them when it next opens the partition)"
+                    "partition {partition}: its segments were counted under another [segments] or [lifecycle] configuration (a worker recomputes them when it next opens the partition)"
                 );
             }
             for ((_, total), users) in counts.iter_mut().zip(meta.segment_users) {
