@@ -4,9 +4,9 @@
 //!
 //! A user's segment is a function of its profile and the clock. It changes with new
 //! activity and, without any, when a recency threshold passes or an active bucket leaves the
-//! lookback; [`Segments::next_change`] finds the first such moment at which the *segment*
-//! (not merely a score) changes, so the user's single timer wakes it exactly then and the
-//! per-partition counts stay exact without scanning users.
+//! lookback; `Segments::changes` finds the moments at which the *segment* (not merely a
+//! score) changes, which the rule book plans as counted steps of the user's timer, so the
+//! per-partition counts stay exact without scanning users or reading their profiles.
 
 use std::time::Duration;
 

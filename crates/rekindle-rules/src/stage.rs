@@ -233,23 +233,6 @@ impl Lifecycle {
             },
         });
     }
-
-    /// The next time the stage can change without new activity: a timer for the user.
-    pub fn next_change(&self, profile: &UserProfile, now_ms: i64) -> Option<i64> {
-        if !profile.has_activity() {
-            return None;
-        }
-        let last = profile.last_active_ms;
-        [
-            profile.first_active_ms.saturating_add(self.new_for_ms),
-            last.saturating_add(self.at_risk_ms),
-            last.saturating_add(self.dormant_ms),
-            last.saturating_add(self.churned_ms),
-        ]
-        .into_iter()
-        .filter(|t| *t > now_ms)
-        .min()
-    }
 }
 
 #[cfg(test)]
@@ -280,9 +263,21 @@ mod tests {
         assert_eq!(l.stage_at(&p, T0 + 7 * DAY), Some(LifecycleStage::AtRisk));
         assert_eq!(l.stage_at(&p, T0 + 30 * DAY), Some(LifecycleStage::Dormant));
         assert_eq!(l.stage_at(&p, T0 + 90 * DAY), Some(LifecycleStage::Churned));
-        assert_eq!(l.next_change(&p, T0), Some(T0 + 7 * DAY));
-        assert_eq!(l.next_change(&p, T0 + 7 * DAY), Some(T0 + 30 * DAY));
-        assert_eq!(l.next_change(&p, T0 + 90 * DAY), None);
+        l.settle(&mut p, T0);
+        let mut changes = smallvec::SmallVec::new();
+        l.changes(&p, T0, &mut changes);
+        assert_eq!(
+            changes.as_slice(),
+            [
+                (T0 + 7 * DAY, Some(LifecycleStage::AtRisk)),
+                (T0 + 30 * DAY, Some(LifecycleStage::Dormant)),
+                (T0 + 90 * DAY, Some(LifecycleStage::Churned)),
+            ],
+            "new_for and at_risk_after both end on day 7: one change"
+        );
+        changes.clear();
+        l.changes(&p, T0 + 90 * DAY, &mut changes);
+        assert!(changes.is_empty());
         assert_eq!(l.stage_at(&UserProfile::default(), T0), None);
     }
 
@@ -342,8 +337,9 @@ mod tests {
     }
 
     proptest! {
-        /// The stage never changes between the times `next_change` names without new
-        /// activity, and always matches the silence thresholds when it is down-bound.
+        /// Without new activity the stage changes exactly at the moments `changes` names,
+        /// to the stage named, and always matches the silence thresholds when it is
+        /// down-bound.
         #[test]
         fn stage_only_changes_at_announced_times(days in proptest::collection::vec(0i64..40, 1..20), probe in 0i64..(120 * DAY)) {
             let (l, w) = lifecycle();
@@ -356,11 +352,25 @@ mod tests {
             }
             let last = T0 + days[days.len() - 1] * DAY;
             let t = last + probe;
+            l.settle(&mut p, t);
             let before = l.stage_at(&p, t);
-            match l.next_change(&p, t) {
-                Some(next) => prop_assert_eq!(l.stage_at(&p, next - 1), before),
-                None => prop_assert_eq!(l.stage_at(&p, t + 1000 * DAY), before),
+            let mut changes = smallvec::SmallVec::new();
+            l.changes(&p, t, &mut changes);
+            let mut stage = before;
+            let mut since = t;
+            for (at, to) in &changes {
+                prop_assert!(*at > since);
+                prop_assert_eq!(l.stage_at(&p, at - 1), stage, "unchanged until {}", at);
+                prop_assert_ne!(*to, stage);
+                stage = *to;
+                since = *at;
+                let mut later = p.clone();
+                l.settle(&mut later, *at);
+                prop_assert_eq!(later.stage.map(|m| m.stage), *to);
             }
+            let mut end = p.clone();
+            l.settle(&mut end, t + 1000 * DAY);
+            prop_assert_eq!(end.stage.map(|m| m.stage), stage, "no change after the last");
             let silent = t - last;
             let expected_floor = if silent >= 90 * DAY { Some(LifecycleStage::Churned) }
                 else if silent >= 30 * DAY { Some(LifecycleStage::Dormant) }
