@@ -840,3 +840,74 @@ proptest::proptest! {
         proptest::prop_assert_eq!(lazy.stats().triggers, eager.stats().triggers);
     }
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 32, ..Default::default() })]
+
+    /// A worker that loses its disk and restores the partition from its changelog (then plans
+    /// every user anew) goes on with the same decisions, counts and pending timers as one
+    /// that never lost anything.
+    #[test]
+    fn a_restore_from_the_changelog_changes_no_decision(
+        ops in proptest::collection::vec((0u8..10, 0usize..12, 0i64..(3 * DAY), 0usize..3), 1..120),
+    ) {
+        let kept_dir = tempfile::tempdir().expect("dir");
+        let mut kept = engine_with_steps(kept_dir.path(), rekindle_rules::COUNT_STEPS);
+        let mut dirs = vec![tempfile::tempdir().expect("dir")];
+        let mut restored = engine_with_steps(dirs[0].path(), rekindle_rules::COUNT_STEPS);
+        let mut log: Vec<rekindle_state::ChangelogRecord> = Vec::new();
+        let mut outs = [Emitted::default(), Emitted::default()];
+        let mut decided: [Vec<(String, String)>; 2] = [Vec::new(), Vec::new()];
+        let mut next = 0i64;
+        let mut now = T0;
+        let ops = ops.into_iter().chain([(6, 0, 200 * DAY, 0), (7, 0, 0, 0)]);
+        for (op, user, dt, amount) in ops {
+            now += dt;
+            let mut event = event(&format!("u{user}"), now);
+            event.amount = [0.0, 40.0, 600.0][amount];
+            if matches!(op, 0..=6) {
+                let [out_kept, out_restored] = &mut outs;
+                for (engine, out) in [(&mut kept, out_kept), (&mut restored, out_restored)] {
+                    let kind = if op == 6 {
+                        RecordKind::Tick(now)
+                    } else {
+                        RecordKind::Event { event: Box::new(event.clone()), ingest_ms: None }
+                    };
+                    engine.process(Record { partition: 0, offset: next, kind }, out).expect("process");
+                }
+                next += 1;
+                continue;
+            }
+            // Commit both; the restoring side keeps its changelog.
+            for (out, decided) in outs.iter_mut().zip(decided.iter_mut()) {
+                decided.extend(out.triggers.drain(..).map(|t| (t.trigger_id, "sent".to_string())));
+                decided.extend(out.audit.drain(..).map(|a| (a.trigger.trigger_id, a.decision)));
+                decided.sort();
+            }
+            for (_, records) in restored.changelog().expect("changelog") {
+                log.extend(records);
+            }
+            kept.commit(&[]).expect("commit");
+            restored.commit(&[]).expect("commit");
+            proptest::prop_assert_eq!(&decided[0], &decided[1]);
+            proptest::prop_assert_eq!(counted(&kept), counted(&restored));
+            if op == 9 && !log.is_empty() {
+                // The disk is lost: a new store from the changelog alone.
+                drop(restored);
+                let dir = tempfile::tempdir().expect("dir");
+                let store = Store::open(dir.path(), &StoreOptions::default()).expect("store");
+                let mut restore = store.restore(0, true).expect("restore");
+                for r in &log {
+                    restore.apply(&r.key, r.value.as_deref()).expect("apply");
+                }
+                restore.finish(log.len() as i64).expect("finish");
+                drop(store);
+                dirs.push(dir);
+                restored = engine_with_steps(dirs[dirs.len() - 1].path(), rekindle_rules::COUNT_STEPS);
+                proptest::prop_assert_eq!(restored.open_partition(0).expect("open"), Some(next));
+                let (a, b) = (counted(&kept), counted(&restored));
+                proptest::prop_assert_eq!(a, b, "counts and pending timers after the restore");
+            }
+        }
+    }
+}
