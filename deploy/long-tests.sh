@@ -33,6 +33,9 @@ run_lane() {
       for dir in $(sed -n 's/^worker directory: //p' "$logs/$t.log"); do
         echo "long-tests: $t: warnings and errors in $dir/worker.log:" >&2
         grep -h '"level":"\(WARN\|ERROR\)"' "$dir"/*.log 2>/dev/null | tail -n 30 >&2 || true
+        # How the last run ended (restores, assignments, commits), at every level.
+        echo "long-tests: $t: the last lines of the logs in $dir:" >&2
+        tail -n 40 "$dir"/*.log >&2 2>/dev/null || true
       done
     fi
     sed -n 's/^worker directory: //p' "$logs/$t.log" | xargs -r rm -rf
