@@ -291,7 +291,8 @@ impl Segments {
     }
 
     /// The first moment after `now_ms` at which the segment differs from the one at
-    /// `now_ms`, if no activity comes in between.
+    /// `now_ms`, if no activity comes in between: what the sweep is checked against.
+    #[cfg(test)]
     pub fn next_change(&self, profile: &UserProfile, now_ms: i64) -> Option<i64> {
         let current = self.segment_at(profile, now_ms)?;
         let mut out = SegmentChanges::new();

@@ -8,6 +8,7 @@
 //! profile, which at millions of users is a read from disk. The profile catches up with
 //! them the next time it is read ([`crate::RuleBook::catch_up`]).
 
+use crate::bucket_codec::{get_varint, put_varint};
 use crate::{LifecycleStage, RulesError, SegmentChange, StageChange};
 
 /// Steps a plan carries at most; the change after the last one is a full evaluation.
@@ -94,25 +95,9 @@ fn corrupt(reason: &'static str) -> RulesError {
     RulesError::TimerEntry(reason)
 }
 
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
+/// A varint of the timer entry's value.
 fn take_varint(bytes: &mut &[u8]) -> Result<u64, RulesError> {
-    let mut v = 0u64;
-    for shift in (0..64).step_by(7) {
-        let (&b, rest) = bytes.split_first().ok_or(corrupt("truncated"))?;
-        *bytes = rest;
-        v |= u64::from(b & 0x7f) << shift;
-        if b & 0x80 == 0 {
-            return Ok(v);
-        }
-    }
-    Err(corrupt("varint too long"))
+    get_varint(bytes).map_err(RulesError::TimerEntry)
 }
 
 fn take_byte(bytes: &mut &[u8]) -> Result<u8, RulesError> {
