@@ -11,7 +11,6 @@
 //! hours, holdout, opt-out) decide what goes out; every decision carries its explanation.
 
 mod book;
-mod bucket_codec;
 mod config;
 mod decision;
 mod engagement_drop;
@@ -21,11 +20,13 @@ mod growth;
 mod new_user;
 mod policy;
 mod profile;
+mod profile_codec;
 mod rule;
 mod segment;
 mod silence;
 mod stage;
 mod trigger_id;
+mod varint;
 mod wake;
 mod window;
 
@@ -51,6 +52,7 @@ pub use profile::{
     Attribution, Bucket, BucketSums, DecisionNote, Deferred, Group, RuleKey, RuleMemory,
     StageMemory, UserProfile, RECENT_DECISIONS,
 };
+pub use profile_codec::{decode_profile, encode_profile, ENCODED_PROFILE_BYTES};
 pub use rule::Rule;
 pub use segment::{Scores, SegmentConfig, SegmentRuleConfig, Segments, MAX_SEGMENTS};
 pub use stage::{Lifecycle, LifecycleStage, StageChange};

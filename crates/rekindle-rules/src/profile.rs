@@ -10,6 +10,15 @@ use crate::{ActiveDays, LifecycleStage, Verdict, Windows};
 pub struct RuleKey([u8; 4]);
 
 impl RuleKey {
+    /// The stored form (see [`crate::encode_profile`]).
+    pub fn to_bytes(self) -> [u8; 4] {
+        self.0
+    }
+
+    pub fn from_bytes(bytes: [u8; 4]) -> RuleKey {
+        RuleKey(bytes)
+    }
+
     pub fn of(name: &str) -> RuleKey {
         // The low half of XXH3-64: stable across platforms and releases, as stored keys must be.
         let hash = xxhash_rust::xxh3::xxh3_64(name.as_bytes()) as u32;
@@ -105,15 +114,14 @@ pub struct StageMemory {
     pub since_ms: i64,
 }
 
-/// Everything rekindle keeps about one user.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// Everything rekindle keeps about one user. Stored by [`crate::encode_profile`].
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct UserProfile {
     /// Event time of the earliest activity seen; 0 when none.
     pub first_active_ms: i64,
     /// Event time of the latest activity seen: the start of the current episode; 0 when none.
     pub last_active_ms: i64,
     /// Active buckets, ascending by index, at most `retained` of them ending with the latest.
-    #[serde(with = "crate::bucket_codec")]
     pub buckets: Vec<Bucket>,
     /// The user's next full evaluation, if any. The user's single entry in the timer index is
     /// here or at a counted stage or segment change before it, which
@@ -148,7 +156,6 @@ pub struct UserProfile {
     /// Where this process last put the user's timer entry (`Some(None)`: no entry), while
     /// the profile stays in memory: when that is still ahead, no counted step has fired and
     /// catching up has nothing to do. Never stored; `None`: unknown.
-    #[serde(skip)]
     pub timer_entry: Option<Option<i64>>,
 }
 

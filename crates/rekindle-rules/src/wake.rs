@@ -8,7 +8,7 @@
 //! profile, which at millions of users is a read from disk. The profile catches up with
 //! them the next time it is read ([`crate::RuleBook::catch_up`]).
 
-use crate::bucket_codec::{get_varint, put_varint};
+use crate::varint::{get_varint, put_varint};
 use crate::{LifecycleStage, RulesError, SegmentChange, StageChange};
 
 /// Steps a plan carries at most; the change after the last one is a full evaluation.

@@ -5,9 +5,9 @@
 //!
 //! | key                | value                                              |
 //! |--------------------|----------------------------------------------------|
-//! | `u` + user id      | version byte + the profile (postcard); none: deleted |
-//! | `g`                | version byte + the growth figures (postcard)       |
-//! | `m`                | version byte + next offset and clock (postcard)    |
+//! | `u` + user id      | version byte + the profile (`rekindle_rules::encode_profile`, with its applied offset); none: deleted |
+//! | `g`                | version byte + the growth figures (postcard) |
+//! | `m`                | version byte + next offset and clock (postcard) |
 //!
 //! A batch writes its profile records first and its meta record last. Compaction keeps the
 //! latest value of each key, so the log always holds every live profile and the latest meta.
@@ -19,7 +19,7 @@ use crate::error::encode;
 use crate::StateError;
 
 /// Bumped with the profile layout (the state's format version follows it).
-pub const CHANGELOG_VERSION: u8 = 6;
+pub const CHANGELOG_VERSION: u8 = 7;
 const USER_PREFIX: u8 = b'u';
 const META_KEY: &[u8] = b"m";
 const GROWTH_KEY: &[u8] = b"g";
@@ -131,7 +131,7 @@ pub fn decode_entry(
                 .map_err(|e| corrupt(format!("user id: {e}")))?
                 .to_string();
             let profile = body
-                .map(|b| postcard::from_bytes(b).map(Box::new))
+                .map(|b| rekindle_rules::decode_profile(b).map(Box::new))
                 .transpose()
                 .map_err(|e| corrupt(e.to_string()))?;
             Ok(ChangelogEntry::Profile { user_id, profile })
@@ -151,7 +151,8 @@ mod tests {
             applied_offset: Some(3),
             ..UserProfile::default()
         };
-        let encoded = postcard::to_allocvec(&profile).expect("encode");
+        let mut encoded = Vec::new();
+        rekindle_rules::encode_profile(&profile, &mut encoded).expect("encode");
         let r = profile_record("ann", &encoded);
         assert_eq!(
             decode_entry(0, &r.key, r.value.as_deref()).expect("decode"),

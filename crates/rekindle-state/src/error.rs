@@ -50,3 +50,16 @@ pub(crate) fn decode<'a, T: serde::Deserialize<'a>>(
         reason: e.to_string(),
     })
 }
+
+/// A stored profile of `partition` ([`rekindle_rules::decode_profile`]); `what` names it.
+pub(crate) fn decode_profile(
+    what: &'static str,
+    partition: u32,
+    bytes: &[u8],
+) -> Result<rekindle_rules::UserProfile, StateError> {
+    rekindle_rules::decode_profile(bytes).map_err(|e| StateError::Corrupt {
+        what,
+        partition,
+        reason: e.to_string(),
+    })
+}

@@ -4,12 +4,14 @@
 //!
 //! | family     | key                                   | value                         |
 //! |------------|---------------------------------------|-------------------------------|
-//! | `profiles` | partition, user id                    | the user's profile (postcard) |
-//! | `timers`   | partition, due time (ordered), user id| empty                         |
+//! | `profiles` | partition, user id                    | the user's profile (`rekindle_rules::encode_profile`) |
+//! | `timers`   | partition, due time (ordered), user id| the planned count steps (`rekindle_rules::Wake`) |
 //! | `meta`     | partition                             | next offset, clock, counts, changelog position |
 //!
-//! Profile values are postcard, with the activity buckets in a compact layout of their own
-//! (3-5 bytes per active bucket instead of 15-20).
+//! Profile values have a layout of their own (times as differences from related times in
+//! the same profile, 3-5 bytes per active bucket); the store keeps a profile without its
+//! applied offset when the same write moves the partition's position past it. Everything
+//! else in `meta` is postcard.
 //!
 //! A [`PartitionState`] buffers one batch of changes in memory and writes them with the
 //! batch's next offset and clock in a single RocksDB `WriteBatch`, so state, timers and

@@ -10,7 +10,7 @@ use crate::changelog::{
 };
 use crate::error::encode;
 use crate::keys::{growth_key, partition_prefix, profile_key, timer_key};
-use crate::profile_cache::ProfileCache;
+use crate::profile_cache::{EncodedProfile, ProfileCache};
 use crate::store::{OpenPartition, CF_META, CF_PROFILES, CF_TIMERS};
 use crate::{PartitionMeta, StateError, Store};
 
@@ -118,7 +118,7 @@ pub struct PartitionState {
     growth_dirty: bool,
     /// Profiles encoded for the changelog, reused by the flush that follows unless a
     /// profile was touched in between.
-    encoded: Option<Vec<(String, Vec<u8>)>>,
+    encoded: Option<Vec<(String, EncodedProfile)>>,
     _open: OpenPartition,
 }
 
@@ -408,7 +408,7 @@ impl PartitionState {
         self.meta_dirty || self.growth_dirty || self.profiles.is_dirty()
     }
 
-    fn encode_profiles(&mut self) -> Result<&[(String, Vec<u8>)], StateError> {
+    fn encode_profiles(&mut self) -> Result<&[(String, EncodedProfile)], StateError> {
         if self.encoded.is_none() {
             self.encoded = Some(self.profiles.encode_changed()?);
         }
@@ -424,7 +424,7 @@ impl PartitionState {
             return Ok(records);
         }
         for (user, value) in self.encode_profiles()? {
-            records.push(profile_record(user, value));
+            records.push(profile_record(user, &value.bytes));
         }
         for user in self.profiles.deleted() {
             records.push(tombstone(user));
@@ -457,13 +457,18 @@ impl PartitionState {
         let timer_entries = self.timers_added.len() + self.timers_deleted.len();
         let bytes = encoded
             .iter()
-            .map(|(user, value)| user.len() + value.len() + 16)
+            .map(|(user, value)| user.len() + value.bytes.len() + 16)
             .sum::<usize>()
             + timer_entries * 48
             + 1024;
         let mut batch = WriteBatch::with_capacity_bytes(bytes);
+        let next_offset = self.has_meta.then_some(self.meta.next_offset);
         for (user, value) in encoded {
-            batch.put_cf(profiles_cf, profile_key(self.partition, user), value);
+            batch.put_cf(
+                profiles_cf,
+                profile_key(self.partition, user),
+                value.stored(next_offset),
+            );
         }
         for user in self.profiles.deleted() {
             batch.delete_cf(profiles_cf, profile_key(self.partition, user));
@@ -540,6 +545,54 @@ mod tests {
             store.count_timers(2).expect("count"),
             0,
             "partitions do not see each other"
+        );
+    }
+
+    /// The store drops an applied offset that its own position covers, and keeps one ahead
+    /// of it (a profile restored from a changelog that ran ahead); the changelog always
+    /// carries it, since a reader may not see the batch's position record.
+    #[test]
+    fn the_store_keeps_an_applied_offset_only_while_it_is_ahead_of_the_position() {
+        let (_dir, store) = store();
+        let mut p = PartitionState::open(&store, 1).expect("open");
+        for (user, applied) in [("covered", 16), ("ahead", 17), ("later", 40)] {
+            let profile = p.profile_mut(user).expect("profile");
+            profile.last_active_ms = 5;
+            profile.applied_offset = Some(applied);
+        }
+        p.set_next_offset(17);
+        let records = p.changelog_records().expect("records");
+        p.flush(None).expect("flush");
+        let stored = |user: &str| {
+            store
+                .profile(1, user)
+                .expect("read")
+                .map(|u| (u.last_active_ms, u.applied_offset))
+        };
+        assert_eq!(stored("covered"), Some((5, None)));
+        assert_eq!(stored("ahead"), Some((5, Some(17))));
+        assert_eq!(stored("later"), Some((5, Some(40))));
+        let sent: Vec<Option<i64>> = records
+            .iter()
+            .filter_map(|r| match decode_entry(1, &r.key, r.value.as_deref()) {
+                Ok(ChangelogEntry::Profile {
+                    profile: Some(profile),
+                    ..
+                }) => Some(profile.applied_offset),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(sent, [Some(17), Some(16), Some(40)], "in user order");
+        // Without a position (none stored, none set) nothing covers the offset.
+        let mut q = PartitionState::open(&store, 2).expect("open");
+        q.profile_mut("x").expect("profile").applied_offset = Some(3);
+        q.flush(None).expect("flush");
+        assert_eq!(
+            store
+                .profile(2, "x")
+                .expect("read")
+                .map(|u| u.applied_offset),
+            Some(Some(3))
         );
     }
 

@@ -13,19 +13,51 @@ use foldhash::HashSet;
 use hashbrown::hash_map::EntryRef;
 use rekindle_rules::UserProfile;
 
-use crate::error::{decode, encode_sized};
+use crate::error::decode_profile;
 use crate::{StateError, Store};
 
 /// Profiles the map may hold within a batch whatever the configured share, so that a tiny
 /// share does not turn every lookup into an encode and a decode.
 pub(crate) const MIN_BATCH_PROFILES: usize = 1_024;
 
-/// Room reserved for an encoded profile: most take 100-250 bytes, so one allocation, where
-/// growing from empty took five.
-const ENCODED_PROFILE_BYTES: usize = 256;
+/// A changed profile as a commit writes it.
+#[derive(Clone)]
+pub(crate) struct EncodedProfile {
+    /// The whole stored form, as the changelog carries it.
+    pub(crate) bytes: Vec<u8>,
+    /// Where the applied offset starts (the end without one).
+    body: usize,
+    applied_offset: Option<i64>,
+}
 
-fn encode_profile(profile: &UserProfile) -> Result<Vec<u8>, StateError> {
-    encode_sized("profile", profile, ENCODED_PROFILE_BYTES)
+impl EncodedProfile {
+    pub(crate) fn of(profile: &UserProfile) -> Result<EncodedProfile, StateError> {
+        let mut bytes = Vec::with_capacity(rekindle_rules::ENCODED_PROFILE_BYTES);
+        let body = rekindle_rules::encode_profile(profile, &mut bytes).map_err(|e| {
+            StateError::Encode {
+                what: "profile",
+                reason: e.to_string(),
+            }
+        })?;
+        Ok(EncodedProfile {
+            bytes,
+            body,
+            applied_offset: profile.applied_offset,
+        })
+    }
+
+    /// What the store keeps when the same write moves the partition's position to
+    /// `next_offset`: without the applied offset when it lies below that position. The
+    /// offset only tells a profile that is ahead of its partition's stored position (one
+    /// restored from a changelog that ran ahead) which events to skip; a profile written
+    /// with a position past all its events has none to skip. Read back, it has no offset,
+    /// which means exactly that.
+    pub(crate) fn stored(&self, next_offset: Option<i64>) -> &[u8] {
+        match (self.applied_offset, next_offset) {
+            (Some(applied), Some(next)) if applied < next => &self.bytes[..self.body],
+            _ => &self.bytes,
+        }
+    }
 }
 
 /// A profile held in memory, across batches while the cache has room.
@@ -49,7 +81,7 @@ pub(crate) struct ProfileCache {
     deleted: HashSet<String>,
     /// Changed profiles moved out of `map` within the batch, encoded as they will be
     /// written.
-    spilled: hashbrown::HashMap<String, Vec<u8>, RandomState>,
+    spilled: hashbrown::HashMap<String, EncodedProfile, RandomState>,
 }
 
 impl ProfileCache {
@@ -76,9 +108,12 @@ impl ProfileCache {
         let entry = match self.map.entry_ref(user_id) {
             EntryRef::Occupied(entry) => entry.into_mut(),
             EntryRef::Vacant(entry) => {
-                let (profile, dirty) = if let Some(bytes) = self.spilled.remove(user_id) {
+                let (profile, dirty) = if let Some(spilled) = self.spilled.remove(user_id) {
                     // Changed earlier in this batch: still changed.
-                    (decode("spilled profile", partition, &bytes)?, true)
+                    (
+                        decode_profile("spilled profile", partition, &spilled.bytes)?,
+                        true,
+                    )
                 } else if self.deleted.remove(user_id) {
                     // A user deleted earlier in this batch starts afresh, whatever is stored.
                     (UserProfile::default(), false)
@@ -136,13 +171,13 @@ impl ProfileCache {
     /// The batch's changed profiles, encoded, in user order: RocksDB's memtable inserts a
     /// sorted run next to the previous key instead of searching its skip list from the top
     /// for each one.
-    pub(crate) fn encode_changed(&self) -> Result<Vec<(String, Vec<u8>)>, StateError> {
+    pub(crate) fn encode_changed(&self) -> Result<Vec<(String, EncodedProfile)>, StateError> {
         let mut encoded = Vec::with_capacity(self.changed());
         for (user, entry) in self.map.iter().filter(|(_, e)| e.dirty) {
-            encoded.push((user.clone(), encode_profile(&entry.profile)?));
+            encoded.push((user.clone(), EncodedProfile::of(&entry.profile)?));
         }
-        for (user, bytes) in &self.spilled {
-            encoded.push((user.clone(), bytes.clone()));
+        for (user, spilled) in &self.spilled {
+            encoded.push((user.clone(), spilled.clone()));
         }
         encoded.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         Ok(encoded)
@@ -176,8 +211,7 @@ impl ProfileCache {
         }
         self.dirty_in_map -= moved.len();
         for (user, profile) in moved {
-            let bytes = encode_profile(&profile)?;
-            self.spilled.insert(user, bytes);
+            self.spilled.insert(user, EncodedProfile::of(&profile)?);
         }
         Ok(())
     }

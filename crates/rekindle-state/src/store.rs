@@ -10,7 +10,7 @@ use rocksdb::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::error::decode;
+use crate::error::{decode, decode_profile};
 use crate::keys::{growth_key, parse_timer_key, partition_prefix, profile_key, timer_seek};
 use crate::StateError;
 
@@ -18,10 +18,18 @@ pub(crate) const CF_PROFILES: &str = "profiles";
 pub(crate) const CF_TIMERS: &str = "timers";
 pub(crate) const CF_META: &str = "meta";
 /// Bumped whenever a key or value layout changes incompatibly.
-const FORMAT_VERSION: u32 = 6;
+const FORMAT_VERSION: u32 = 7;
 const FORMAT_KEY: &[u8] = b"format_version";
 /// See [`block_cache`].
 const MIN_CACHE_SHARD_BYTES: usize = 64 << 20;
+/// RocksDB's defaults for these two settings (unused by LZ4, which has a fixed window).
+const LZ4_WINDOW_BITS: i32 = -14;
+const DEFAULT_COMPRESSION_LEVEL: i32 = 32_767;
+const PROFILE_DICTIONARY_BYTES: i32 = 16 << 10;
+const PROFILE_FILE_BYTES: u64 = 16 << 20;
+/// Timer files are only scanned in order, so large blocks cost no extra reads and compress
+/// better.
+const TIMER_BLOCK_BYTES: usize = 64 << 10;
 
 /// Tuning that reaches RocksDB.
 #[derive(Debug, Clone)]
@@ -135,8 +143,39 @@ fn family_options(options: &StoreOptions, table: &BlockBasedOptions) -> Options 
     let mut family = Options::default();
     family.set_block_based_table_factory(table);
     family.set_compression_type(DBCompressionType::Lz4);
+    // The last level holds nearly all the data and is rewritten least often: LZ4's high
+    // compression mode there, which reads back as fast as LZ4 (the same format) and takes
+    // a quarter less space, for more of the background thread's time when it writes.
+    family.set_bottommost_compression_type(DBCompressionType::Lz4hc);
+    family.set_bottommost_compression_options(
+        LZ4_WINDOW_BITS,
+        DEFAULT_COMPRESSION_LEVEL,
+        0,
+        0,
+        true,
+    );
     // Each family may use up to half the budget; the shared limit below holds the sum.
     family.set_write_buffer_size((options.write_buffer_bytes / 2).max(1 << 20));
+    family
+}
+
+/// The profiles' options: as [`family_options`], and in the last level a dictionary per
+/// file, sampled from its data, that each block is compressed against. Profiles are small
+/// values with the same field layout and user id prefixes; a 4 KiB block alone repeats
+/// too little of it for LZ4 to find. With the dictionary the last level takes about a
+/// seventh less again, and point lookups still decompress one 4 KiB block.
+fn profile_options(options: &StoreOptions, table: &BlockBasedOptions) -> Options {
+    let mut family = family_options(options, table);
+    family.set_bottommost_compression_options(
+        LZ4_WINDOW_BITS,
+        DEFAULT_COMPRESSION_LEVEL,
+        0,
+        PROFILE_DICTIONARY_BYTES,
+        true,
+    );
+    // A file's data is held in memory until its dictionary is sampled: smaller files bound
+    // that memory (RocksDB's default is 64 MiB).
+    family.set_target_file_size_base(PROFILE_FILE_BYTES);
     family
 }
 
@@ -145,12 +184,13 @@ impl Store {
         let cache = block_cache(options.block_cache_bytes);
         let profiles = ColumnFamilyDescriptor::new(
             CF_PROFILES,
-            family_options(options, &point_lookup_table(&cache)),
+            profile_options(options, &point_lookup_table(&cache)),
         );
         // The timer index is only ever scanned in due order: a bloom filter would be built
         // for every file and never consulted.
-        let timers =
-            ColumnFamilyDescriptor::new(CF_TIMERS, family_options(options, &scan_table(&cache)));
+        let mut timer_table = scan_table(&cache);
+        timer_table.set_block_size(TIMER_BLOCK_BYTES);
+        let timers = ColumnFamilyDescriptor::new(CF_TIMERS, family_options(options, &timer_table));
         // A few keys per partition, read when a partition opens: a filter would save nothing.
         let meta =
             ColumnFamilyDescriptor::new(CF_META, family_options(options, &scan_table(&cache)));
@@ -279,7 +319,9 @@ impl Store {
         let bytes = self
             .db
             .get_pinned_cf(self.cf(CF_PROFILES)?, profile_key(partition, user_id))?;
-        bytes.map(|b| decode("profile", partition, &b)).transpose()
+        bytes
+            .map(|b| decode_profile("profile", partition, &b))
+            .transpose()
     }
 
     /// Every profile of `partition`, by user id: a full scan, for tools and tests.
@@ -348,7 +390,7 @@ impl Store {
             };
             let user = std::str::from_utf8(key.get(4..).unwrap_or_default())
                 .map_err(|e| corrupt(e.to_string()))?;
-            let profile = decode("profile", partition, &value)?;
+            let profile = decode_profile("profile", partition, &value)?;
             Ok((user.to_string(), profile))
         }))
     }
