@@ -10,7 +10,8 @@
 //! point ending in `:off` runs without them, and one ending in `:growth` with the growth
 //! figures but without RFM segments, so their costs are differences between rows.
 //!
-//! `REKINDLE_SCALE_PROFILE_CACHE` sets `state.profile_cache_users` (the worker's default
+//! `REKINDLE_SCALE_PROFILE_CACHE` sets `state.profile_cache_users` and
+//! `REKINDLE_SCALE_PROFILE_BYTES` `state.profile_cache_bytes` (the worker's defaults
 //! otherwise). `REKINDLE_SCALE_POINTS` overrides the points, e.g. `100000:5000000,1000000:5000000:off`
 //! (users:events[:off|:growth]); `REKINDLE_SCALE_DIR` where files and state go (a temporary directory by
 //! default).
@@ -202,6 +203,12 @@ fn run_point(users: u64, events: u64, file: &Path, state: &Path, growth: bool, s
         .and_then(|v| v.parse().ok())
     {
         options.profile_cache_users = users;
+    }
+    if let Some(bytes) = std::env::var("REKINDLE_SCALE_PROFILE_BYTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        options.profile_cache_bytes = bytes;
     }
     let store = Store::open(state, &options).expect("store");
     let config = EngineConfig {

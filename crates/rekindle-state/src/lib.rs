@@ -28,6 +28,7 @@ mod partition;
 mod profile_cache;
 mod restore;
 mod store;
+mod warm;
 
 pub use changelog::{
     decode_entry, ChangelogEntry, ChangelogMeta, ChangelogRecord, CHANGELOG_VERSION,

@@ -492,8 +492,12 @@ impl PartitionState {
         self.store.db().write(batch)?;
         self.meta_dirty = false;
         self.growth_dirty = false;
-        self.encoded = None;
-        self.profiles.settle(self.store.profile_cache_share());
+        let written = self.encoded.take().unwrap_or_default();
+        self.profiles.settle(
+            self.store.profile_cache_share(),
+            &written,
+            self.store.profile_bytes_share(),
+        );
         self.timers_added.clear();
         self.timers_deleted.clear();
         self.batch += 1;
@@ -702,6 +706,61 @@ mod tests {
         assert_eq!(store.profile_cache_share(), 50);
         drop(q);
         assert_eq!(store.profile_cache_share(), 100);
+    }
+
+    /// Profiles out of the decoded cache read back from their stored forms kept in memory,
+    /// not from RocksDB, as the flush wrote them; the forms stay within their byte share,
+    /// and a deleted user's form goes with it.
+    #[test]
+    fn written_profiles_read_back_from_their_stored_forms_within_the_byte_share() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let options = StoreOptions {
+            profile_cache_users: 0,
+            profile_cache_bytes: 64 << 10,
+            ..StoreOptions::default()
+        };
+        let store = Store::open(dir.path(), &options).expect("open");
+        let mut p = PartitionState::open(&store, 0).expect("open");
+        for user in 0..2_000 {
+            let profile = p.profile_mut(&format!("u{user}")).expect("profile");
+            profile.last_active_ms = 1_000 + user;
+            profile.applied_offset = Some(user);
+        }
+        p.set_next_offset(5_000);
+        p.flush(None).expect("flush");
+        assert!(
+            p.profiles.warm_memory() <= 64 << 10,
+            "{}",
+            p.profiles.warm_memory()
+        );
+        let kept: Vec<i64> = (0..2_000)
+            .filter(|u| p.profiles.is_warm(&format!("u{u}")))
+            .collect();
+        assert!(kept.len() > 100, "{} kept", kept.len());
+        assert!(kept.len() < 2_000, "the share held them all");
+        // Remove the users from RocksDB behind the cache's back: what reads back is the
+        // stored form in memory, whole (its applied offset too).
+        let profiles_cf = store.cf(CF_PROFILES).expect("cf");
+        for &user in &kept {
+            let key = profile_key(0, &format!("u{user}"));
+            store.db().delete_cf(profiles_cf, key).expect("delete");
+        }
+        let user = kept[kept.len() / 2];
+        let read = p.profile_mut(&format!("u{user}")).expect("profile").clone();
+        assert_eq!(
+            (read.last_active_ms, read.applied_offset),
+            (1_000 + user, Some(user))
+        );
+        // Deleted, it does not come back from memory.
+        p.delete_profile(&format!("u{user}"));
+        p.flush(None).expect("flush");
+        assert!(!p.profiles.is_warm(&format!("u{user}")));
+        assert_eq!(
+            p.profile_mut(&format!("u{user}"))
+                .expect("profile")
+                .last_active_ms,
+            0
+        );
     }
 
     /// A clock advance can fire timers for more users than the cache holds; memory stays

@@ -1,5 +1,16 @@
 //! A partition's profiles in memory: the current batch's changes and, across batches,
-//! recently used profiles while the cache has room.
+//! recently used profiles while the cache has room, decoded, and behind them many more in
+//! their stored form.
+//!
+//! A decoded profile takes over a kilobyte, its stored form about a hundred bytes. Between
+//! batches the decoded map keeps its share of `state.profile_cache_users`; every profile a
+//! flush wrote also stays in its stored form (the bytes the flush already encoded, with its
+//! applied offset, so that it decodes to exactly the profile in memory) within the share of
+//! `state.profile_cache_bytes` ([`WarmProfiles`]), so that a user who comes back costs a
+//! decode instead of a RocksDB read: a search of the memtables, a bloom filter, an index
+//! and a block, several microseconds. The stored forms are dropped by a clock sweep: a form
+//! read since the last sweep survives it once. Like the decoded profiles they are copies of
+//! what RocksDB holds.
 //!
 //! Memory stays bounded even inside one batch: at most twice the cache's share. A batch can
 //! touch far more users than its records name: a clock advance fires every timer due, and
@@ -14,6 +25,7 @@ use hashbrown::hash_map::EntryRef;
 use rekindle_rules::UserProfile;
 
 use crate::error::decode_profile;
+use crate::warm::WarmProfiles;
 use crate::{StateError, Store};
 
 /// Profiles the map may hold within a batch whatever the configured share, so that a tiny
@@ -82,6 +94,8 @@ pub(crate) struct ProfileCache {
     /// Changed profiles moved out of `map` within the batch, encoded as they will be
     /// written.
     spilled: hashbrown::HashMap<String, EncodedProfile, RandomState>,
+    /// Profiles as the last flushes wrote them, between batches (see the module comment).
+    warm: WarmProfiles,
 }
 
 impl ProfileCache {
@@ -117,6 +131,8 @@ impl ProfileCache {
                 } else if self.deleted.remove(user_id) {
                     // A user deleted earlier in this batch starts afresh, whatever is stored.
                     (UserProfile::default(), false)
+                } else if let Some(stored) = self.warm.get(user_id) {
+                    (decode_profile("profile", partition, stored)?, false)
                 } else {
                     (
                         store.profile(partition, user_id)?.unwrap_or_default(),
@@ -147,6 +163,7 @@ impl ProfileCache {
             self.dirty_in_map -= 1;
         }
         self.spilled.remove(user_id);
+        self.warm.remove(user_id);
         self.deleted.insert(user_id.to_string());
     }
 
@@ -184,8 +201,24 @@ impl ProfileCache {
     }
 
     /// After the batch was written: everything in memory is a clean copy again, cut to 90 %
-    /// of `share` when over it.
-    pub(crate) fn settle(&mut self, share: usize) {
+    /// of `share` when over it. `written`: the profiles the flush wrote, whose stored forms
+    /// stay within `warm_share` bytes.
+    pub(crate) fn settle(
+        &mut self,
+        share: usize,
+        written: &[(String, EncodedProfile)],
+        warm_share: usize,
+    ) {
+        if warm_share > 0 {
+            for (user, encoded) in written {
+                self.warm.insert(user, &encoded.bytes);
+            }
+            if self.warm.memory() > warm_share {
+                self.warm.sweep(warm_share - warm_share / 10);
+            }
+        } else if self.warm.len() > 0 {
+            self.warm.clear();
+        }
         if self.dirty_in_map > 0 {
             self.map.values_mut().for_each(|entry| entry.dirty = false);
             self.dirty_in_map = 0;
@@ -258,6 +291,16 @@ impl ProfileCache {
     #[cfg(test)]
     pub(crate) fn holds(&self, user_id: &str) -> bool {
         self.map.contains_key(user_id)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn warm_memory(&self) -> usize {
+        self.warm.memory()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn is_warm(&self, user_id: &str) -> bool {
+        self.warm.contains(user_id)
     }
 
     #[cfg(test)]

@@ -39,6 +39,10 @@ pub struct StoreOptions {
     /// Decoded profiles kept in memory between batches, for all open partitions together
     /// (each partition keeps its share). Bounds the worker's memory, not the user count.
     pub profile_cache_users: usize,
+    /// Profiles kept in their stored form between batches, in bytes, for all open
+    /// partitions together: about a tenth of a decoded profile's memory each, read back
+    /// with a decode instead of a RocksDB lookup.
+    pub profile_cache_bytes: usize,
     /// Memtable memory for all column families together: RocksDB flushes the largest
     /// memtable when the total reaches it. Most of a worker's memory besides the caches.
     pub write_buffer_bytes: usize,
@@ -49,6 +53,7 @@ impl Default for StoreOptions {
         StoreOptions {
             block_cache_bytes: 64 * 1024 * 1024,
             profile_cache_users: 100_000,
+            profile_cache_bytes: 128 * 1024 * 1024,
             write_buffer_bytes: 64 * 1024 * 1024,
         }
     }
@@ -102,7 +107,9 @@ pub struct Store {
     /// options the database was opened with.
     options: Option<Arc<Options>>,
     profile_cache_users: usize,
-    /// Partition states open on this store, which share `profile_cache_users`.
+    profile_cache_bytes: usize,
+    /// Partition states open on this store, which share `profile_cache_users` and
+    /// `profile_cache_bytes`.
     open_partitions: Arc<AtomicUsize>,
 }
 
@@ -205,6 +212,7 @@ impl Store {
             db: Arc::new(db),
             options: Some(Arc::new(db_options)),
             profile_cache_users: options.profile_cache_users,
+            profile_cache_bytes: options.profile_cache_bytes,
             open_partitions: Arc::default(),
         };
         store.check_format()?;
@@ -220,6 +228,7 @@ impl Store {
             db: Arc::new(db),
             options: None,
             profile_cache_users: 0,
+            profile_cache_bytes: 0,
             open_partitions: Arc::default(),
         };
         let meta = store.cf(CF_META)?;
@@ -273,6 +282,11 @@ impl Store {
     /// How many profiles one partition may keep cached, given how many are open now.
     pub(crate) fn profile_cache_share(&self) -> usize {
         self.profile_cache_users / self.open_partitions.load(Ordering::Relaxed).max(1)
+    }
+
+    /// How many bytes of stored profiles one partition may keep, given how many are open.
+    pub(crate) fn profile_bytes_share(&self) -> usize {
+        self.profile_cache_bytes / self.open_partitions.load(Ordering::Relaxed).max(1)
     }
 
     /// Counts an open partition state until the returned guard is dropped.

@@ -90,6 +90,9 @@ pub struct StateConfig {
     pub block_cache_bytes: usize,
     /// Decoded profiles kept in memory between batches (all partitions together).
     pub profile_cache_users: usize,
+    /// Profiles kept in their stored form between batches, in bytes (all partitions
+    /// together).
+    pub profile_cache_bytes: usize,
     /// RocksDB memtable memory, all column families together.
     pub write_buffer_bytes: usize,
     /// Send committed state changes to the changelog topic.

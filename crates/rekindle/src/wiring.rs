@@ -56,6 +56,7 @@ pub fn open_store(settings: &Settings, dir: &std::path::Path) -> anyhow::Result<
     let options = StoreOptions {
         block_cache_bytes: settings.state.block_cache_bytes,
         profile_cache_users: settings.state.profile_cache_users,
+        profile_cache_bytes: settings.state.profile_cache_bytes,
         write_buffer_bytes: settings.state.write_buffer_bytes,
     };
     Store::open(dir, &options).with_context(|| format!("opening state in {}", dir.display()))
