@@ -165,6 +165,14 @@ impl Engine {
             .sum()
     }
 
+    /// Memory held by stored profile forms across all open partitions, in bytes.
+    pub fn stored_profile_bytes(&self) -> usize {
+        self.partitions
+            .values()
+            .map(PartitionState::stored_profile_bytes)
+            .sum()
+    }
+
     pub fn clock_ms(&self, partition: u32) -> Option<i64> {
         self.partitions
             .get(&partition)

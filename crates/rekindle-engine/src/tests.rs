@@ -344,6 +344,11 @@ fn deletion_removes_the_profile_its_timer_and_its_stage_count() {
     e.commit(&[]).expect("commit");
     assert_eq!(e.store().profile(0, "a").expect("read"), None);
     assert!(e.store().profile(0, "b").expect("read").is_some());
+    // The committed profile stays in memory decoded and in its stored form (what the
+    // worker's cache gauges report); the deleted one in neither.
+    assert_eq!(e.cached_profiles(), 1);
+    let stored = e.stored_profile_bytes();
+    assert!((32..4096).contains(&stored), "{stored} bytes for one user");
     let timers = e
         .store()
         .timers_between(0, i64::MIN, i64::MAX)

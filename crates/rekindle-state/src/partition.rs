@@ -403,6 +403,11 @@ impl PartitionState {
         self.profiles.len()
     }
 
+    /// Memory held by the stored forms kept behind the decoded profiles, in bytes.
+    pub fn stored_profile_bytes(&self) -> usize {
+        self.profiles.warm_memory()
+    }
+
     /// True when the batch changed anything a flush would write.
     pub fn is_dirty(&self) -> bool {
         self.meta_dirty || self.growth_dirty || self.profiles.is_dirty()
@@ -729,9 +734,9 @@ mod tests {
         p.set_next_offset(5_000);
         p.flush(None).expect("flush");
         assert!(
-            p.profiles.warm_memory() <= 64 << 10,
+            p.stored_profile_bytes() <= 64 << 10,
             "{}",
-            p.profiles.warm_memory()
+            p.stored_profile_bytes()
         );
         let kept: Vec<i64> = (0..2_000)
             .filter(|u| p.profiles.is_warm(&format!("u{u}")))

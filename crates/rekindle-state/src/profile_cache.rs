@@ -293,7 +293,6 @@ impl ProfileCache {
         self.map.contains_key(user_id)
     }
 
-    #[cfg(test)]
     pub(crate) fn warm_memory(&self) -> usize {
         self.warm.memory()
     }

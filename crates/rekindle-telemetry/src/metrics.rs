@@ -88,6 +88,8 @@ pub struct Metrics {
     pub batches_committed: IntCounter,
     pub state_live_data: IntGauge,
     pub state_users: IntGauge,
+    pub state_cached_profiles: IntGauge,
+    pub state_stored_profile_bytes: IntGauge,
     pub state_compaction_pending: IntGauge,
     pub state_pending_timers: IntGaugeVec,
     pub state_block_cache_hits: IntCounter,
@@ -356,6 +358,14 @@ impl Metrics {
             state_users: b.gauge(
                 "rekindle_state_users",
                 "RocksDB's estimate of the number of user profiles held.",
+            )?,
+            state_cached_profiles: b.gauge(
+                "rekindle_state_profile_cache_decoded",
+                "Decoded profiles held in memory, all open partitions.",
+            )?,
+            state_stored_profile_bytes: b.gauge(
+                "rekindle_state_profile_cache_stored_bytes",
+                "Memory held by profiles kept in their stored form, all open partitions.",
             )?,
             state_compaction_pending: b.gauge(
                 "rekindle_state_compaction_pending_bytes",

@@ -117,6 +117,12 @@ pub fn record_store_stats(metrics: &Metrics, engine: &Engine, last: &mut StoreCo
             metrics.state_live_data.set(stats.live_data_bytes as i64);
             metrics.state_users.set(stats.profiles_estimate as i64);
             metrics
+                .state_cached_profiles
+                .set(engine.cached_profiles() as i64);
+            metrics
+                .state_stored_profile_bytes
+                .set(engine.stored_profile_bytes() as i64);
+            metrics
                 .state_compaction_pending
                 .set(stats.compaction_pending_bytes as i64);
         }
