@@ -5,7 +5,8 @@ use crate::{Group, StageChange};
 
 /// Why a trigger did not go out (or not yet).
 ///
-/// Profiles store it by position (in their decision notes): new reasons go at the end.
+/// Profiles store it (in their decision notes) by an explicit code,
+/// `profile_codec::reason_code`: a new reason takes a new code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Reason {
     /// The rule runs in shadow mode.
@@ -56,7 +57,8 @@ impl Reason {
 
 /// What became of a trigger a rule fired.
 ///
-/// Profiles store it by position (in their decision notes): new verdicts go at the end.
+/// Profiles store it (in their decision notes) by an explicit code,
+/// `profile_codec::put_verdict`: a new verdict takes a new code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Verdict {
     /// To the delivery topic.

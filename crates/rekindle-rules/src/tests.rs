@@ -680,11 +680,8 @@ fn rules_are_stored_by_a_stable_key_and_colliding_names_are_refused() {
     .err()
     .unwrap_or_default();
     assert!(err.contains("collides with rule \"lapsed_3443\""), "{err}");
-    // Decision notes store verdicts by position: reordering the enums changes stored data.
-    let stored = |v: Verdict| postcard::to_allocvec(&v).expect("encode");
-    assert_eq!(stored(Verdict::Sent), [0]);
-    assert_eq!(stored(Verdict::Suppressed(Reason::Capped)), [1, 3]);
-    assert_eq!(stored(Verdict::Cancelled(Reason::UserDeleted)), [3, 8]);
+    // The stored codes of verdicts and reasons are pinned where profiles encode them:
+    // profile_codec's verdicts_keep_their_codes.
 }
 
 #[test]

@@ -18,21 +18,13 @@ pub enum StateError {
     Encode { what: &'static str, reason: String },
 }
 
-/// A value in the state's binary layout (postcard); `what` names it in the error.
+/// A partition-wide value in the state's binary layout (postcard; profiles have their own,
+/// [`decode_profile`]); `what` names it in the error.
 pub(crate) fn encode<T: serde::Serialize + ?Sized>(
     what: &'static str,
     value: &T,
 ) -> Result<Vec<u8>, StateError> {
-    encode_sized(what, value, 0)
-}
-
-/// As [`encode`], into a buffer of `capacity` bytes to start with.
-pub(crate) fn encode_sized<T: serde::Serialize + ?Sized>(
-    what: &'static str,
-    value: &T,
-    capacity: usize,
-) -> Result<Vec<u8>, StateError> {
-    postcard::to_extend(value, Vec::with_capacity(capacity)).map_err(|e| StateError::Encode {
+    postcard::to_allocvec(value).map_err(|e| StateError::Encode {
         what,
         reason: e.to_string(),
     })

@@ -467,7 +467,7 @@ impl PartitionState {
             + timer_entries * 48
             + 1024;
         let mut batch = WriteBatch::with_capacity_bytes(bytes);
-        let next_offset = self.has_meta.then_some(self.meta.next_offset);
+        let next_offset = self.resume_offset();
         for (user, value) in encoded {
             batch.put_cf(
                 profiles_cf,

@@ -146,7 +146,12 @@ fn scan_table(cache: &Cache) -> BlockBasedOptions {
     table
 }
 
-fn family_options(options: &StoreOptions, table: &BlockBasedOptions) -> Options {
+/// `dictionary_bytes`: the last level's dictionary per file (0: none).
+fn family_options(
+    options: &StoreOptions,
+    table: &BlockBasedOptions,
+    dictionary_bytes: i32,
+) -> Options {
     let mut family = Options::default();
     family.set_block_based_table_factory(table);
     family.set_compression_type(DBCompressionType::Lz4);
@@ -158,7 +163,7 @@ fn family_options(options: &StoreOptions, table: &BlockBasedOptions) -> Options 
         LZ4_WINDOW_BITS,
         DEFAULT_COMPRESSION_LEVEL,
         0,
-        0,
+        dictionary_bytes,
         true,
     );
     // Each family may use up to half the budget; the shared limit below holds the sum.
@@ -172,14 +177,7 @@ fn family_options(options: &StoreOptions, table: &BlockBasedOptions) -> Options 
 /// too little of it for LZ4 to find. With the dictionary the last level takes about a
 /// seventh less again, and point lookups still decompress one 4 KiB block.
 fn profile_options(options: &StoreOptions, table: &BlockBasedOptions) -> Options {
-    let mut family = family_options(options, table);
-    family.set_bottommost_compression_options(
-        LZ4_WINDOW_BITS,
-        DEFAULT_COMPRESSION_LEVEL,
-        0,
-        PROFILE_DICTIONARY_BYTES,
-        true,
-    );
+    let mut family = family_options(options, table, PROFILE_DICTIONARY_BYTES);
     // A file's data is held in memory until its dictionary is sampled: smaller files bound
     // that memory (RocksDB's default is 64 MiB).
     family.set_target_file_size_base(PROFILE_FILE_BYTES);
@@ -197,10 +195,11 @@ impl Store {
         // for every file and never consulted.
         let mut timer_table = scan_table(&cache);
         timer_table.set_block_size(TIMER_BLOCK_BYTES);
-        let timers = ColumnFamilyDescriptor::new(CF_TIMERS, family_options(options, &timer_table));
+        let timers =
+            ColumnFamilyDescriptor::new(CF_TIMERS, family_options(options, &timer_table, 0));
         // A few keys per partition, read when a partition opens: a filter would save nothing.
         let meta =
-            ColumnFamilyDescriptor::new(CF_META, family_options(options, &scan_table(&cache)));
+            ColumnFamilyDescriptor::new(CF_META, family_options(options, &scan_table(&cache), 0));
         let cfs = [profiles, timers, meta];
         let mut db_options = Options::default();
         db_options.create_if_missing(true);
