@@ -10,6 +10,9 @@
 //! point ending in `:off` runs without them, and one ending in `:growth` with the growth
 //! figures but without RFM segments, so their costs are differences between rows.
 //!
+//! The store logs its writes in RocksDB's write-ahead log, as the worker's does by default;
+//! `REKINDLE_SCALE_WAL=0` runs it without, as `state.write_ahead_log = false` does.
+//!
 //! `REKINDLE_SCALE_PROFILE_CACHE` sets `state.profile_cache_users` and
 //! `REKINDLE_SCALE_PROFILE_BYTES` `state.profile_cache_bytes` (the worker's defaults
 //! otherwise). `REKINDLE_SCALE_POINTS` overrides the points, e.g. `100000:5000000,1000000:5000000:off`
@@ -197,7 +200,10 @@ fn generate(users: u64, events: u64, path: &Path) {
 
 /// Processes the file and prints its figures as one JSON object.
 fn run_point(users: u64, events: u64, file: &Path, state: &Path, growth: bool, segments: bool) {
-    let mut options = StoreOptions::default();
+    let mut options = StoreOptions {
+        write_ahead_log: std::env::var("REKINDLE_SCALE_WAL").map_or(true, |v| v != "0"),
+        ..StoreOptions::default()
+    };
     if let Some(users) = std::env::var("REKINDLE_SCALE_PROFILE_CACHE")
         .ok()
         .and_then(|v| v.parse().ok())

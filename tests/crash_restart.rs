@@ -4,56 +4,7 @@
 
 mod support;
 
-use std::time::Duration;
-
-use rand::{Rng, SeedableRng};
-use support::broker::Batching;
-use support::scenario::{finish_and_check, Scenario};
-use support::worker::{write_config, TriggerReader, Worker};
-
 #[test]
 fn killed_and_restarted_worker_loses_no_trigger() {
-    let Scenario {
-        broker,
-        events,
-        expected,
-        dir,
-    } = Scenario::start(24_500, 11, Batching::OnePerBatch);
-    assert!(events.len() >= 200_000, "{} events", events.len());
-    let config = write_config(
-        dir.path(),
-        &broker.address,
-        "activity",
-        "triggers",
-        "rekindle-crash",
-    );
-    let log = dir.path().join("worker.log");
-    let mut reader = TriggerReader::new(&broker.address, "triggers");
-    // Ten kill points, random but reproducible, spread over the stream.
-    let mut rng = rand::rngs::StdRng::seed_from_u64(2026);
-    let mut fractions: Vec<f64> = (0..10).map(|_| rng.random_range(0.03..0.9)).collect();
-    fractions.sort_by(f64::total_cmp);
-    let mut kills = 0;
-    for fraction in fractions {
-        let worker = Worker::start(&config, &log);
-        let target = (expected.len() as f64 * fraction) as usize;
-        reader.read_until(Duration::from_secs(120), |d| d.len() >= target);
-        let before_kill = reader.delivered.len();
-        worker.kill();
-        if before_kill < expected.len() {
-            kills += 1;
-        }
-    }
-    assert!(
-        kills >= 10,
-        "the worker must be killed mid-stream ten times (it finished too early)"
-    );
-    let worker = Worker::start(&config, &log);
-    finish_and_check(worker, &mut reader, &expected, Duration::from_secs(180));
-    eprintln!(
-        "delivered {} triggers for {} expected after {kills} kills ({} duplicates)",
-        reader.delivered.len(),
-        expected.len(),
-        reader.delivered.len() - expected.len()
-    );
+    support::crash::killed_and_restarted("rekindle-crash", "");
 }

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod broker;
+pub mod crash;
 pub mod histories;
 pub mod scenario;
 pub mod worker;

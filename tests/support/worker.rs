@@ -63,6 +63,8 @@ pub struct WorkerOptions<'a> {
     pub audit_topic: Option<&'a str>,
     /// Extra lines for the `[kafka]` table (group_instance_id, exactly_once, ...).
     pub kafka: &'a str,
+    /// Extra lines for the `[state]` table.
+    pub state: &'a str,
 }
 
 impl Default for WorkerOptions<'_> {
@@ -72,6 +74,7 @@ impl Default for WorkerOptions<'_> {
             rules: LAPSED_ONLY,
             audit_topic: None,
             kafka: "",
+            state: "",
         }
     }
 }
@@ -131,6 +134,7 @@ dead_letter_topic = "{DEAD_LETTERS}"
 
 [state]
 dir = "{state}"
+{state_extra}
 
 [clock]
 tick_interval = "{tick_interval}"
@@ -150,6 +154,7 @@ listen = "127.0.0.1:{http_port}"
 "#,
         http_port = crate::support::broker::free_port(),
         kafka_extra = options.kafka,
+        state_extra = options.state,
         state = state.display()
     );
     std::fs::File::create(&path)

@@ -9,7 +9,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use crate::{KafkaError, KafkaSettings};
 
 /// A consumer outside any group that reads one changelog partition at a time, from a
-/// given offset to the end of the log as of the start of the read.
+/// given offset to the end of the log.
 pub struct ChangelogReader {
     consumer: BaseConsumer,
     topic: String,
@@ -56,7 +56,12 @@ impl ChangelogReader {
     }
 
     /// Feeds `apply` every record of `partition` from `from` (`None`: the beginning) up to
-    /// the end of the log as it is when the read starts. Blocking.
+    /// the end of the log, as the fetches that reach it report it. Blocking.
+    ///
+    /// The end is where the consumer reports the end of the partition, not the end offset
+    /// asked for at the start: a broker may answer that query with an offset inside the last
+    /// written batch, and a restore that stopped there would miss the rest of the batch
+    /// (its position record last of all) while the group's offsets had moved past it.
     pub fn read<E>(
         &self,
         partition: u32,
@@ -90,7 +95,11 @@ impl ChangelogReader {
             }
             match self.consumer.poll(Duration::from_millis(100)) {
                 None => continue,
-                Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => break Ok(()),
+                Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) if p == partition as i32 => {
+                    break Ok(())
+                }
+                // The end of a partition read before, reported late.
+                Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => continue,
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, partition, "changelog read error; librdkafka retries");
                     continue;
@@ -104,9 +113,6 @@ impl ChangelogReader {
                     }
                     read.records += 1;
                     read.next_offset = read.next_offset.max(message.offset() + 1);
-                    if message.offset() + 1 >= high {
-                        break Ok(());
-                    }
                 }
             }
         };

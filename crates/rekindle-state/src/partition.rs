@@ -494,7 +494,7 @@ impl PartitionState {
             let growth = encode("growth figures", &self.growth)?;
             batch.put_cf(meta_cf, growth_key(self.partition), growth);
         }
-        self.store.db().write(batch)?;
+        self.store.write(batch)?;
         self.meta_dirty = false;
         self.growth_dirty = false;
         let written = self.encoded.take().unwrap_or_default();
@@ -639,6 +639,81 @@ mod tests {
         drop(p);
         assert_eq!(store.profile(0, "bob").expect("read"), None);
         assert_eq!(store.meta(0).expect("meta"), None);
+    }
+
+    /// The files of a store as a crash leaves them: copied while it is open, every write
+    /// returned, nothing closed.
+    fn crash_image(from: &std::path::Path) -> tempfile::TempDir {
+        let to = tempfile::tempdir().expect("tempdir");
+        for entry in std::fs::read_dir(from).expect("read dir") {
+            let path = entry.expect("entry").path();
+            if let Some(name) = path.file_name() {
+                std::fs::copy(&path, to.path().join(name)).expect("copy");
+            }
+        }
+        to
+    }
+
+    /// Commits `user` with the position `next`.
+    fn commit_user(p: &mut PartitionState, user: &str, next: i64) {
+        p.profile_mut(user).expect("profile").last_active_ms = next;
+        p.move_timer(user, None, Some((next * 100, Vec::new())));
+        p.set_next_offset(next);
+        p.flush(Some(next)).expect("flush");
+    }
+
+    #[test]
+    fn without_the_log_a_crash_finds_the_last_persisted_commit_whole() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let options = StoreOptions {
+            write_ahead_log: false,
+            ..StoreOptions::default()
+        };
+        let store = Store::open(dir.path(), &options).expect("open");
+        let mut p = PartitionState::open(&store, 0).expect("open");
+        commit_user(&mut p, "ann", 1);
+        store.persist().expect("persist");
+        commit_user(&mut p, "ben", 2);
+        let image = crash_image(dir.path());
+
+        // The second commit was only in memtables: the crash leaves the first, all of it.
+        let crashed = Store::open(image.path(), &options).expect("open image");
+        let meta = crashed.meta(0).expect("meta").expect("a position");
+        assert_eq!((meta.next_offset, meta.changelog_next), (1, Some(1)));
+        assert!(crashed.profile(0, "ann").expect("read").is_some());
+        assert_eq!(crashed.profile(0, "ben").expect("read"), None);
+        assert_eq!(
+            crashed.timers_between(0, 0, 1_000).expect("timers"),
+            vec![(100, "ann".to_string())]
+        );
+        assert_eq!(meta.pending_timers, 1);
+
+        // A clean stop persists: the restart finds the last commit.
+        drop(crashed);
+        drop(p);
+        store.persist().expect("persist");
+        let image = crash_image(dir.path());
+        let reopened = Store::open(image.path(), &options).expect("open image");
+        assert_eq!(
+            reopened.meta(0).expect("meta").map(|m| m.next_offset),
+            Some(2)
+        );
+        assert!(reopened.profile(0, "ben").expect("read").is_some());
+    }
+
+    #[test]
+    fn with_the_log_a_crash_keeps_every_commit() {
+        let (dir, store) = store();
+        let mut p = PartitionState::open(&store, 0).expect("open");
+        commit_user(&mut p, "ann", 1);
+        commit_user(&mut p, "ben", 2);
+        let image = crash_image(dir.path());
+        let crashed = Store::open(image.path(), &StoreOptions::default()).expect("open image");
+        assert_eq!(
+            crashed.meta(0).expect("meta").map(|m| m.next_offset),
+            Some(2)
+        );
+        assert!(crashed.profile(0, "ben").expect("read").is_some());
     }
 
     #[test]

@@ -65,7 +65,7 @@ impl Store {
         batch.delete_range_cf(self.cf(CF_TIMERS)?, from, to);
         batch.delete_cf(self.cf(CF_META)?, from);
         batch.delete_cf(self.cf(CF_META)?, growth_key(partition));
-        self.db().write(batch)?;
+        self.write(batch)?;
         Ok(())
     }
 }
@@ -104,7 +104,7 @@ impl Restore<'_> {
 
     fn write(&mut self) -> Result<(), StateError> {
         let batch = std::mem::take(&mut self.batch);
-        self.store.db().write(batch)?;
+        self.store.write(batch)?;
         self.in_batch = 0;
         Ok(())
     }
@@ -161,12 +161,13 @@ impl Restore<'_> {
 
     fn put_meta(&self, meta: &PartitionMeta) -> Result<(), StateError> {
         let value = encode("partition meta", meta)?;
-        self.store.db().put_cf(
+        let mut batch = WriteBatch::default();
+        batch.put_cf(
             self.store.cf(CF_META)?,
             partition_prefix(self.partition),
             value,
-        )?;
-        Ok(())
+        );
+        self.store.write(batch)
     }
 
     /// Replaces the partition's timer index with one entry per profile that has a wake-up,

@@ -6,7 +6,8 @@ use rekindle_rules::{GrowthFigures, UserProfile, MAX_SEGMENTS};
 use rocksdb::statistics::Ticker;
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, Direction,
-    IteratorMode, LruCacheOptions, Options, ReadOptions, WriteBatch, DB,
+    FlushOptions, IteratorMode, LruCacheOptions, Options, ReadOptions, WriteBatch, WriteOptions,
+    DB,
 };
 use serde::{Deserialize, Serialize};
 
@@ -46,6 +47,12 @@ pub struct StoreOptions {
     /// Memtable memory for all column families together: RocksDB flushes the largest
     /// memtable when the total reaches it. Most of a worker's memory besides the caches.
     pub write_buffer_bytes: usize,
+    /// Log every write to RocksDB's write-ahead log before the memtables. Turn it off only
+    /// when every commit also reaches a changelog that is read back before a partition is
+    /// processed: a crash then loses what the memtables held since their last flush, the
+    /// store reopens at that earlier commit (all column families flush together, so it is
+    /// one consistent commit), and the partition's restore applies the changelog from there.
+    pub write_ahead_log: bool,
 }
 
 impl Default for StoreOptions {
@@ -55,6 +62,7 @@ impl Default for StoreOptions {
             profile_cache_users: 100_000,
             profile_cache_bytes: 128 * 1024 * 1024,
             write_buffer_bytes: 64 * 1024 * 1024,
+            write_ahead_log: true,
         }
     }
 }
@@ -111,6 +119,8 @@ pub struct Store {
     /// Partition states open on this store, which share `profile_cache_users` and
     /// `profile_cache_bytes`.
     open_partitions: Arc<AtomicUsize>,
+    /// See [`StoreOptions::write_ahead_log`].
+    write_ahead_log: bool,
 }
 
 /// Table options for the profiles: point lookups, most of which find their key.
@@ -206,6 +216,12 @@ impl Store {
         db_options.create_missing_column_families(true);
         db_options.enable_statistics();
         db_options.set_db_write_buffer_size(options.write_buffer_bytes);
+        if !options.write_ahead_log {
+            // Without the log, what survives a crash is what the last flush wrote: with
+            // every family flushed at the same moment it is one commit, not a profile
+            // family from one commit beside the positions of another.
+            db_options.set_atomic_flush(true);
+        }
         let db = DB::open_cf_descriptors(&db_options, path, cfs)?;
         let store = Store {
             db: Arc::new(db),
@@ -213,6 +229,7 @@ impl Store {
             profile_cache_users: options.profile_cache_users,
             profile_cache_bytes: options.profile_cache_bytes,
             open_partitions: Arc::default(),
+            write_ahead_log: options.write_ahead_log,
         };
         store.check_format()?;
         Ok(store)
@@ -229,6 +246,7 @@ impl Store {
             profile_cache_users: 0,
             profile_cache_bytes: 0,
             open_partitions: Arc::default(),
+            write_ahead_log: true,
         };
         let meta = store.cf(CF_META)?;
         let found = store
@@ -271,9 +289,16 @@ impl Store {
                     });
                 }
             }
-            None => self
-                .db
-                .put_cf(meta, FORMAT_KEY, FORMAT_VERSION.to_be_bytes())?,
+            None => {
+                let mut batch = WriteBatch::default();
+                batch.put_cf(meta, FORMAT_KEY, FORMAT_VERSION.to_be_bytes());
+                self.write(batch)?;
+                if !self.write_ahead_log {
+                    // On disk at once, so that a read-only opening names the format even
+                    // before the first memtable flush.
+                    self.persist()?;
+                }
+            }
         }
         Ok(())
     }
@@ -294,8 +319,31 @@ impl Store {
         OpenPartition(self.open_partitions.clone())
     }
 
+    #[cfg(test)]
     pub(crate) fn db(&self) -> &DB {
         &self.db
+    }
+
+    /// Writes the memtables to files, every family at the same moment. A store without the
+    /// write-ahead log does this before a clean stop, so that the restart finds the last
+    /// commit on disk instead of restoring it from the changelog.
+    pub fn persist(&self) -> Result<(), StateError> {
+        let families = [
+            self.cf(CF_PROFILES)?,
+            self.cf(CF_TIMERS)?,
+            self.cf(CF_META)?,
+        ];
+        self.db.flush_cfs_opt(&families, &FlushOptions::default())?;
+        Ok(())
+    }
+
+    /// Every write goes through here, so that all of them use the log or none does: a
+    /// logged write after unlogged ones would come back after a crash without them.
+    pub(crate) fn write(&self, batch: WriteBatch) -> Result<(), StateError> {
+        let mut options = WriteOptions::default();
+        options.disable_wal(!self.write_ahead_log);
+        self.db.write_opt(batch, &options)?;
+        Ok(())
     }
 
     pub(crate) fn cf(&self, name: &'static str) -> Result<&ColumnFamily, StateError> {
@@ -416,7 +464,7 @@ impl Store {
             partition_prefix(partition),
             partition_prefix(partition.saturating_add(1)),
         );
-        self.db().write(batch)?;
+        self.write(batch)?;
         Ok(())
     }
 

@@ -100,7 +100,8 @@ pub fn run_file(
     dir: &Path,
     sink: &mut dyn FnMut(&Emitted),
 ) -> anyhow::Result<()> {
-    let store = wiring::open_store(settings, dir)?;
+    // No changelog behind a replay: RocksDB's log keeps its commits.
+    let store = wiring::open_store(settings, dir, true)?;
     let mut engine = wiring::engine(
         settings,
         &input.display().to_string(),

@@ -80,7 +80,13 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let metrics = Metrics::new()?;
     let health = Arc::new(Health::default());
     let listener = rekindle_telemetry::bind(settings.http.listen).await?;
-    let store = wiring::open_store(&settings, &settings.state.dir)?;
+    // Without the log, the changelog (which validation requires) is where a crash's lost
+    // commits come back from.
+    let store = wiring::open_store(
+        &settings,
+        &settings.state.dir,
+        settings.state.write_ahead_log,
+    )?;
     let mut engine = wiring::engine(
         &settings,
         &settings.kafka.activity_topic,
@@ -440,6 +446,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         task.abort();
     }
     http.abort();
+    // Without RocksDB's log the last commits are only in memtables and the changelog: on
+    // disk now, the restart need not read them back (and tools see them).
+    store.persist().context("writing state to disk")?;
     wiring::log_stats("worker stopped", &engine);
     all_committed.store(true, Ordering::SeqCst);
     // Closing the consumer revokes its partitions and leaves the group.

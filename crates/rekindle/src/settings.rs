@@ -97,6 +97,8 @@ pub struct StateConfig {
     pub write_buffer_bytes: usize,
     /// Send committed state changes to the changelog topic.
     pub changelog: bool,
+    /// Log RocksDB writes in its write-ahead log; false only with the changelog.
+    pub write_ahead_log: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -227,6 +229,12 @@ impl Settings {
             .is_some_and(|t| t.trim().is_empty())
         {
             return fail("kafka.changelog_topic", "must not be empty when set");
+        }
+        if !self.state.write_ahead_log && !self.state.changelog {
+            return fail(
+                "state.write_ahead_log",
+                "false needs state.changelog (after a crash, what RocksDB's memtables held comes back from the changelog)",
+            );
         }
         if self.kafka.exactly_once {
             if !self.state.changelog {
@@ -447,5 +455,9 @@ mod tests {
         assert!(err.to_string().contains("log.format"), "{err}");
         let err = with_file("[pipeline]\nbatch_max_records = -3\n").expect_err("negative");
         assert!(err.to_string().contains("batch_max_records"), "{err}");
+        let err = with_file("[state]\nwrite_ahead_log = false\nchangelog = false\n")
+            .expect_err("nothing to restore from");
+        assert!(err.to_string().contains("state.write_ahead_log"), "{err}");
+        with_file("[state]\nwrite_ahead_log = false\n").expect("with the changelog");
     }
 }

@@ -50,7 +50,13 @@ pub fn kafka_settings(settings: &Settings) -> anyhow::Result<KafkaSettings> {
     })
 }
 
-pub fn open_store(settings: &Settings, dir: &std::path::Path) -> anyhow::Result<Store> {
+/// `write_ahead_log`: false only for a worker whose every commit reaches a changelog read
+/// back before processing (`state.write_ahead_log`, see `StoreOptions::write_ahead_log`).
+pub fn open_store(
+    settings: &Settings,
+    dir: &std::path::Path,
+    write_ahead_log: bool,
+) -> anyhow::Result<Store> {
     std::fs::create_dir_all(dir)
         .with_context(|| format!("creating state directory {}", dir.display()))?;
     let options = StoreOptions {
@@ -58,6 +64,7 @@ pub fn open_store(settings: &Settings, dir: &std::path::Path) -> anyhow::Result<
         profile_cache_users: settings.state.profile_cache_users,
         profile_cache_bytes: settings.state.profile_cache_bytes,
         write_buffer_bytes: settings.state.write_buffer_bytes,
+        write_ahead_log,
     };
     Store::open(dir, &options).with_context(|| format!("opening state in {}", dir.display()))
 }
