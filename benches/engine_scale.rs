@@ -13,6 +13,9 @@
 //! The store logs its writes in RocksDB's write-ahead log, as the worker's does by default;
 //! `REKINDLE_SCALE_WAL=0` runs it without, as `state.write_ahead_log = false` does.
 //!
+//! `REKINDLE_SCALE_COMMIT_RECORDS` commits every that many records instead of 50,000
+//! (`pipeline.commit_max_records`).
+//!
 //! `REKINDLE_SCALE_PROFILE_CACHE` sets `state.profile_cache_users` and
 //! `REKINDLE_SCALE_PROFILE_BYTES` `state.profile_cache_bytes` (the worker's defaults
 //! otherwise). `REKINDLE_SCALE_POINTS` overrides the points, e.g. `100000:5000000,1000000:5000000:off`
@@ -49,6 +52,15 @@ const DAYS: i64 = 35;
 /// Records per state commit: the worker's default `pipeline.commit_max_records`, which comes
 /// before its 1 s `pipeline.commit_interval` at these rates.
 const COMMIT_RECORDS: usize = 50_000;
+
+/// Records per commit: `REKINDLE_SCALE_COMMIT_RECORDS`, or the worker's default.
+fn commit_records() -> u64 {
+    std::env::var("REKINDLE_SCALE_COMMIT_RECORDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(COMMIT_RECORDS as u64)
+}
 const DEFAULT_POINTS: &str = "100000:5000000,1000000:5000000,1000000:5000000:off,10000000:5000000";
 const TIMEZONES: [&str; 4] = ["UTC", "Europe/Berlin", "America/New_York", "Asia/Tokyo"];
 
@@ -90,7 +102,8 @@ fn main() {
     std::fs::create_dir_all(&dir).expect("scale directory");
     println!();
     println!(
-        "engine at scale: {DAYS} days of history, default rules, a commit every {COMMIT_RECORDS} records, one core"
+        "engine at scale: {DAYS} days of history, default rules, a commit every {} records, one core",
+        commit_records()
     );
     println!(
         "{:>10} {:>10} {:>9} {:>12} {:>10} {:>12} {:>14} {:>14}",
@@ -233,6 +246,7 @@ fn run_point(users: u64, events: u64, file: &Path, state: &Path, growth: bool, s
     let mut payload = Vec::with_capacity(512);
     let mut out = Emitted::default();
     let mut processed: u64 = 0;
+    let commit = commit_records();
     let mut triggers: u64 = 0;
     let started = Instant::now();
     loop {
@@ -253,7 +267,7 @@ fn run_point(users: u64, events: u64, file: &Path, state: &Path, growth: bool, s
         };
         engine.process(record, &mut out).expect("process");
         processed += 1;
-        if processed.is_multiple_of(COMMIT_RECORDS as u64) {
+        if processed.is_multiple_of(commit) {
             engine.commit(&[]).expect("commit");
             triggers += out.triggers.len() as u64;
             out.clear();
