@@ -2,8 +2,8 @@
 # Runs the long broker tests in two lanes side by side: crash_restart (200k events, ten
 # SIGKILLs) and the 30 s broker outage in one; the 12-partition rebalance, the exactly-once
 # test on the mock cluster and the crash test without RocksDB's write-ahead log in the
-# other. They spend most of their time waiting on brokers
-# and restarts, so the lanes together take about as long as the longer one.
+# other. They spend most of their time waiting on brokers and restarts, so the lanes
+# together take about as long as the longer one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 lanes=("crash_restart outage" "rebalance exactly_once crash_restart_unlogged")

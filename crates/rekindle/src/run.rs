@@ -446,9 +446,11 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         task.abort();
     }
     http.abort();
-    // Without RocksDB's log the last commits are only in memtables and the changelog: on
-    // disk now, the restart need not read them back (and tools see them).
-    store.persist().context("writing state to disk")?;
+    if !settings.state.write_ahead_log {
+        // The last commits are only in memtables and the changelog: on disk now, the
+        // restart need not read them back, and tools see them.
+        store.persist().context("writing state to disk")?;
+    }
     wiring::log_stats("worker stopped", &engine);
     all_committed.store(true, Ordering::SeqCst);
     // Closing the consumer revokes its partitions and leaves the group.
