@@ -244,6 +244,9 @@ impl UserProfile {
         let bucket = match self.buckets.binary_search_by_key(&index, |b| b.index) {
             Ok(at) => &mut self.buckets[at],
             Err(at) => {
+                // One more slot, not double: a cached profile gains a bucket a day, and a
+                // vector grown by doubling would carry as many empty slots as buckets.
+                self.buckets.reserve_exact(1);
                 self.buckets.insert(
                     at,
                     Bucket {
@@ -319,6 +322,18 @@ mod tests {
                 amount: 1.5
             }
         );
+    }
+
+    /// Cached profiles gain a bucket a day: their vectors grow by one, never by doubling.
+    #[test]
+    fn a_new_bucket_takes_one_slot() {
+        let w = daily();
+        let mut p = UserProfile::default();
+        for day in 0..5 {
+            p.record_activity(&w, T0 + day * DAY, 10, 0.0);
+            assert_eq!(p.buckets.capacity(), p.buckets.len(), "day {day}");
+        }
+        assert_eq!(p.buckets.len(), 5);
     }
 
     #[test]
