@@ -654,6 +654,12 @@ mod tests {
         to
     }
 
+    /// The store holds the second of `commit_user`'s commits: "ben" at position 2.
+    fn assert_holds_second_commit(store: &Store) {
+        assert_eq!(store.meta(0).expect("meta").map(|m| m.next_offset), Some(2));
+        assert!(store.profile(0, "ben").expect("read").is_some());
+    }
+
     /// Commits `user` with the position `next`.
     fn commit_user(p: &mut PartitionState, user: &str, next: i64) {
         p.profile_mut(user).expect("profile").last_active_ms = next;
@@ -694,11 +700,7 @@ mod tests {
         store.persist().expect("persist");
         let image = crash_image(dir.path());
         let reopened = Store::open(image.path(), &options).expect("open image");
-        assert_eq!(
-            reopened.meta(0).expect("meta").map(|m| m.next_offset),
-            Some(2)
-        );
-        assert!(reopened.profile(0, "ben").expect("read").is_some());
+        assert_holds_second_commit(&reopened);
     }
 
     #[test]
@@ -709,11 +711,7 @@ mod tests {
         commit_user(&mut p, "ben", 2);
         let image = crash_image(dir.path());
         let crashed = Store::open(image.path(), &StoreOptions::default()).expect("open image");
-        assert_eq!(
-            crashed.meta(0).expect("meta").map(|m| m.next_offset),
-            Some(2)
-        );
-        assert!(crashed.profile(0, "ben").expect("read").is_some());
+        assert_holds_second_commit(&crashed);
     }
 
     #[test]

@@ -18,6 +18,8 @@ use crate::StateError;
 pub(crate) const CF_PROFILES: &str = "profiles";
 pub(crate) const CF_TIMERS: &str = "timers";
 pub(crate) const CF_META: &str = "meta";
+/// Every column family: what opening, flushing and compacting all of the store names.
+const FAMILIES: [&str; 3] = [CF_PROFILES, CF_TIMERS, CF_META];
 /// Bumped whenever a key or value layout changes incompatibly.
 const FORMAT_VERSION: u32 = 7;
 const FORMAT_KEY: &[u8] = b"format_version";
@@ -194,6 +196,18 @@ fn profile_options(options: &StoreOptions, table: &BlockBasedOptions) -> Options
     family
 }
 
+/// The only format this build reads.
+fn expect_format(found: u32) -> Result<(), StateError> {
+    if found == FORMAT_VERSION {
+        Ok(())
+    } else {
+        Err(StateError::FormatVersion {
+            found,
+            expected: FORMAT_VERSION,
+        })
+    }
+}
+
 impl Store {
     pub fn open(path: &Path, options: &StoreOptions) -> Result<Store, StateError> {
         let cache = block_cache(options.block_cache_bytes);
@@ -238,8 +252,7 @@ impl Store {
     /// Opens a database another process may be writing, for inspection: reads see the
     /// state as of opening.
     pub fn open_read_only(path: &Path) -> Result<Store, StateError> {
-        let cfs = [CF_PROFILES, CF_TIMERS, CF_META];
-        let db = DB::open_cf_for_read_only(&Options::default(), path, cfs, false)?;
+        let db = DB::open_cf_for_read_only(&Options::default(), path, FAMILIES, false)?;
         let store = Store {
             db: Arc::new(db),
             options: None,
@@ -248,18 +261,8 @@ impl Store {
             open_partitions: Arc::default(),
             write_ahead_log: true,
         };
-        let meta = store.cf(CF_META)?;
-        let found = store
-            .db
-            .get_pinned_cf(meta, FORMAT_KEY)?
-            .and_then(|b| <[u8; 4]>::try_from(b.as_ref()).ok())
-            .map_or(0, u32::from_be_bytes);
-        if found != FORMAT_VERSION {
-            return Err(StateError::FormatVersion {
-                found,
-                expected: FORMAT_VERSION,
-            });
-        }
+        // A store without a format key is not one this build wrote: format 0.
+        expect_format(store.stored_format()?.unwrap_or(0))?;
         Ok(store)
     }
 
@@ -275,23 +278,24 @@ impl Store {
         Ok(found)
     }
 
+    /// The format the store says it is in (0 for an unreadable key), `None` when it names
+    /// none.
+    fn stored_format(&self) -> Result<Option<u32>, StateError> {
+        let bytes = self.db.get_pinned_cf(self.cf(CF_META)?, FORMAT_KEY)?;
+        Ok(bytes.map(|b| {
+            <[u8; 4]>::try_from(b.as_ref())
+                .map(u32::from_be_bytes)
+                .unwrap_or(0)
+        }))
+    }
+
+    /// Checks a store this build writes: one without a format is new and gets this one.
     fn check_format(&self) -> Result<(), StateError> {
-        let meta = self.cf(CF_META)?;
-        match self.db.get_pinned_cf(meta, FORMAT_KEY)? {
-            Some(bytes) => {
-                let found = <[u8; 4]>::try_from(bytes.as_ref())
-                    .map(u32::from_be_bytes)
-                    .unwrap_or(0);
-                if found != FORMAT_VERSION {
-                    return Err(StateError::FormatVersion {
-                        found,
-                        expected: FORMAT_VERSION,
-                    });
-                }
-            }
+        match self.stored_format()? {
+            Some(found) => expect_format(found)?,
             None => {
                 let mut batch = WriteBatch::default();
-                batch.put_cf(meta, FORMAT_KEY, FORMAT_VERSION.to_be_bytes());
+                batch.put_cf(self.cf(CF_META)?, FORMAT_KEY, FORMAT_VERSION.to_be_bytes());
                 self.write(batch)?;
                 if !self.write_ahead_log {
                     // On disk at once, so that a read-only opening names the format even
@@ -303,14 +307,19 @@ impl Store {
         Ok(())
     }
 
+    /// One partition's share of a budget for all open partitions, given how many are open.
+    fn partition_share(&self, total: usize) -> usize {
+        total / self.open_partitions.load(Ordering::Relaxed).max(1)
+    }
+
     /// How many profiles one partition may keep cached, given how many are open now.
     pub(crate) fn profile_cache_share(&self) -> usize {
-        self.profile_cache_users / self.open_partitions.load(Ordering::Relaxed).max(1)
+        self.partition_share(self.profile_cache_users)
     }
 
     /// How many bytes of stored profiles one partition may keep, given how many are open.
     pub(crate) fn profile_bytes_share(&self) -> usize {
-        self.profile_cache_bytes / self.open_partitions.load(Ordering::Relaxed).max(1)
+        self.partition_share(self.profile_cache_bytes)
     }
 
     /// Counts an open partition state until the returned guard is dropped.
@@ -328,11 +337,10 @@ impl Store {
     /// write-ahead log does this before a clean stop, so that the restart finds the last
     /// commit on disk instead of restoring it from the changelog.
     pub fn persist(&self) -> Result<(), StateError> {
-        let families = [
-            self.cf(CF_PROFILES)?,
-            self.cf(CF_TIMERS)?,
-            self.cf(CF_META)?,
-        ];
+        let families = FAMILIES
+            .iter()
+            .map(|name| self.cf(name))
+            .collect::<Result<Vec<_>, _>>()?;
         self.db.flush_cfs_opt(&families, &FlushOptions::default())?;
         Ok(())
     }
@@ -556,7 +564,7 @@ impl Store {
     /// An integer property summed over all column families.
     fn summed_property(&self, property: &str) -> Result<u64, StateError> {
         let mut total = 0;
-        for family in [CF_PROFILES, CF_TIMERS, CF_META] {
+        for family in FAMILIES {
             total += self.property(family, property)?;
         }
         Ok(total)
@@ -565,7 +573,7 @@ impl Store {
     /// Compacts every column family fully: what the state costs on disk once RocksDB has
     /// caught up (for benchmarks and tools; a worker leaves this to background compaction).
     pub fn compact(&self) -> Result<(), StateError> {
-        for name in [CF_PROFILES, CF_TIMERS, CF_META] {
+        for name in FAMILIES {
             self.db.flush_cf(self.cf(name)?)?;
             self.db
                 .compact_range_cf(self.cf(name)?, None::<&[u8]>, None::<&[u8]>);
@@ -592,7 +600,7 @@ impl Store {
     /// RocksDB's own estimates, cheap to read (no scan).
     pub fn stats(&self) -> Result<StoreStats, StateError> {
         let mut stats = StoreStats::default();
-        for name in [CF_PROFILES, CF_TIMERS, CF_META] {
+        for name in FAMILIES {
             let int = |property: &str| self.property(name, property);
             stats.live_data_bytes += int("rocksdb.estimate-live-data-size")?;
             stats.live_data_bytes += int("rocksdb.cur-size-all-mem-tables")?;

@@ -32,6 +32,11 @@ fn id_of(entry: &[u8]) -> &[u8] {
     entry.get(HEADER..HEADER + len).unwrap_or_default()
 }
 
+/// An entry's hash, by its id: what the table rehashes with when it grows or shrinks.
+fn entry_hash(hasher: &RandomState, entry: &[u8]) -> u64 {
+    hasher.hash_one(id_of(entry))
+}
+
 /// The table's slots for `len` entries when full: a pointer and a control byte each, at
 /// most seven eighths used (power-of-two growth can double that).
 fn slot_bytes(len: usize) -> usize {
@@ -83,7 +88,7 @@ impl WarmProfiles {
         let hasher = &self.hasher;
         match self
             .table
-            .entry(hash, |e| id_of(e) == id, |e| hasher.hash_one(id_of(e)))
+            .entry(hash, |e| id_of(e) == id, |e| entry_hash(hasher, e))
         {
             hashbrown::hash_table::Entry::Occupied(mut old) => {
                 self.entry_bytes -= charged(old.get());
@@ -134,7 +139,7 @@ impl WarmProfiles {
         if self.table.allocation_size() > 2 * slot_bytes(self.table.len()) {
             let hasher = &self.hasher;
             self.table
-                .shrink_to(self.table.len(), |e| hasher.hash_one(id_of(e)));
+                .shrink_to(self.table.len(), |e| entry_hash(hasher, e));
         }
     }
 
