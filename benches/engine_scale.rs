@@ -3,8 +3,8 @@
 //! worker does under load. One child process per point, so each point's peak RSS is its own.
 //!
 //! `make bench` runs it after the micro-benchmarks and prints one table row per point:
-//! events/s on one core (the engine is single-threaded), peak RSS, and state bytes per user
-//! on disk after a full compaction. docs/performance.md explains the figures.
+//! events/s on one core (the engine is single-threaded), CPU seconds, peak RSS, and state
+//! bytes per user on disk after a full compaction. docs/performance.md explains the figures.
 //!
 //! Growth analytics (`[analytics]` and `[segments]`) are on, as in the worker by default; a
 //! point ending in `:off` runs without them, and one ending in `:growth` with the growth
@@ -15,6 +15,13 @@
 //!
 //! `REKINDLE_SCALE_COMMIT_RECORDS` commits every that many records instead of 50,000
 //! (`pipeline.commit_max_records`).
+//!
+//! `REKINDLE_SCALE_PARTITIONS` spreads the users over that many partitions by a hash of
+//! their ids (one by default), as a keyed producer does; the engine still processes them
+//! on one thread, in the file's order.
+//!
+//! "CPU s" is the process's CPU time over the timed part, RocksDB's flush and compaction
+//! threads included: the seconds column is the engine's thread.
 //!
 //! `REKINDLE_SCALE_PROFILE_CACHE` sets `state.profile_cache_users` and
 //! `REKINDLE_SCALE_PROFILE_BYTES` `state.profile_cache_bytes` (the worker's defaults
@@ -106,12 +113,13 @@ fn main() {
         commit_records()
     );
     println!(
-        "{:>10} {:>10} {:>9} {:>12} {:>10} {:>12} {:>14} {:>14}",
+        "{:>10} {:>10} {:>9} {:>12} {:>10} {:>8} {:>12} {:>14} {:>14}",
         "users",
         "events",
         "analytics",
         "events/s",
         "seconds",
+        "CPU s",
         "peak RSS MiB",
         "users w/ state",
         "disk B/user"
@@ -150,12 +158,13 @@ fn main() {
             serde_json::from_str(line.trim()).expect("point figures");
         let f = |k: &str| figures.get(k).copied().unwrap_or(f64::NAN);
         println!(
-            "{:>10} {:>10} {:>9} {:>12.0} {:>10.1} {:>12.0} {:>14.0} {:>14.1}",
+            "{:>10} {:>10} {:>9} {:>12.0} {:>10.1} {:>8.1} {:>12.0} {:>14.0} {:>14.1}",
             users,
             events,
             analytics,
             f("events") / f("seconds"),
             f("seconds"),
+            f("cpu_seconds"),
             f("peak_rss_bytes") / 1_048_576.0,
             f("users_with_state"),
             f("sst_bytes") / f("users_with_state"),
@@ -241,6 +250,10 @@ fn run_point(users: u64, events: u64, file: &Path, state: &Path, growth: bool, s
         })
         .expect("default analytics are valid"),
     };
+    let partitions = env_number("REKINDLE_SCALE_PARTITIONS").unwrap_or(1).max(1);
+    // Outside the timed part: which partition each record's user hashes to.
+    let partition_of =
+        (partitions > 1).then(|| partition_of_each(file, partitions, &config.decoder));
     let mut engine = Engine::new(store.clone(), config, Metrics::new().expect("metrics"));
     let mut input = BufReader::with_capacity(1 << 20, File::open(file).expect("activity file"));
     let mut payload = Vec::with_capacity(512);
@@ -249,22 +262,19 @@ fn run_point(users: u64, events: u64, file: &Path, state: &Path, growth: bool, s
     let commit = commit_records();
     let mut triggers: u64 = 0;
     let started = Instant::now();
-    loop {
-        let mut len = [0u8; 4];
-        if input.fill_buf().map(|b| b.is_empty()).unwrap_or(true) {
-            break;
-        }
-        input.read_exact(&mut len).expect("length");
-        payload.resize(u32::from_le_bytes(len) as usize, 0);
-        input.read_exact(&mut payload).expect("payload");
+    let cpu_before = cpu_seconds();
+    let mut next_offset = vec![0i64; partitions];
+    while read_record(&mut input, &mut payload) {
+        let partition = partition_of.as_ref().map_or(0, |p| p[processed as usize]);
         let record = Record {
-            partition: 0,
-            offset: processed as i64,
+            partition: partition as u32,
+            offset: next_offset[partition],
             kind: RecordKind::Avro {
                 payload: &payload,
                 timestamp_ms: None,
             },
         };
+        next_offset[partition] += 1;
         engine.process(record, &mut out).expect("process");
         processed += 1;
         if processed.is_multiple_of(commit) {
@@ -276,6 +286,7 @@ fn run_point(users: u64, events: u64, file: &Path, state: &Path, growth: bool, s
     engine.commit(&[]).expect("commit");
     triggers += out.triggers.len() as u64;
     let seconds = started.elapsed().as_secs_f64();
+    let cpu = cpu_seconds() - cpu_before;
     assert_eq!(processed, events, "the file holds the point's events");
     // Before the compaction below, which is the benchmark's, not the worker's.
     let peak_rss_bytes = peak_rss_bytes();
@@ -292,6 +303,8 @@ fn run_point(users: u64, events: u64, file: &Path, state: &Path, growth: bool, s
             "users": users,
             "events": processed,
             "seconds": seconds,
+            "cpu_seconds": cpu,
+            "partitions": partitions,
             "triggers": triggers,
             "peak_rss_bytes": peak_rss_bytes,
             "rss_bytes": rss_bytes(),
@@ -303,6 +316,53 @@ fn run_point(users: u64, events: u64, file: &Path, state: &Path, growth: bool, s
             "users_with_state": users_with_state,
         })
     );
+}
+
+fn env_number(name: &str) -> Option<usize> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
+
+/// Reads the next length-prefixed record into `payload`; false at the end of the file.
+fn read_record(input: &mut BufReader<File>, payload: &mut Vec<u8>) -> bool {
+    if input.fill_buf().map(|b| b.is_empty()).unwrap_or(true) {
+        return false;
+    }
+    let mut len = [0u8; 4];
+    input.read_exact(&mut len).expect("length");
+    payload.resize(u32::from_le_bytes(len) as usize, 0);
+    input.read_exact(payload).expect("payload");
+    true
+}
+
+/// Each record's partition, by a hash of its user id, as a keyed producer spreads users.
+fn partition_of_each(file: &Path, partitions: usize, decoder: &EventDecoder) -> Vec<usize> {
+    use std::hash::{Hash, Hasher};
+    let mut input = BufReader::with_capacity(1 << 20, File::open(file).expect("activity file"));
+    let mut payload = Vec::new();
+    let mut out = Vec::new();
+    while read_record(&mut input, &mut payload) {
+        let event = decoder.decode(&payload).expect("generated events decode");
+        let mut hasher = std::hash::DefaultHasher::new();
+        event.user_id.hash(&mut hasher);
+        out.push((hasher.finish() % partitions as u64) as usize);
+    }
+    out
+}
+
+/// CPU time the process has used, all threads (RocksDB's background work included).
+fn cpu_seconds() -> f64 {
+    // utime and stime, the 14th and 15th fields, in clock ticks of 1/100 s; the command
+    // name before them may hold spaces, so count from its closing parenthesis.
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            let rest = s.get(s.rfind(')')? + 2..)?.to_string();
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let ticks =
+                fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+            Some(ticks / 100.0)
+        })
+        .unwrap_or(f64::NAN)
 }
 
 /// The process's high-water resident set (`VmHWM`), in bytes.

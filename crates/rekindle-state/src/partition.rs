@@ -16,8 +16,10 @@ use crate::{PartitionMeta, StateError, Store};
 
 /// Timer index entries read from RocksDB at a time when the in-memory window runs out.
 const TIMER_CHUNK: usize = 4_096;
-/// The in-memory timer window is cut back to half of this when it grows past it.
-const TIMER_WINDOW_MAX: usize = 65_536;
+/// The in-memory timer window is cut back to half of this when it grows past it. Small, so
+/// that a partition's timers moving far ahead of its clock do not churn a large B-tree:
+/// each move there is a removal and an insertion, where beyond the window it is neither.
+const TIMER_WINDOW_MAX: usize = 8_192;
 
 /// A timer whose time has come: wake `user_id`, whose profile said `due_ms`, or count what
 /// `value` says (see `rekindle_rules::Wake`).
@@ -335,12 +337,27 @@ impl PartitionState {
         let (stored, exhausted) =
             self.store
                 .timers_from(self.partition, from, self.timers.chunk)?;
-        let through = match stored.last() {
+        let mut through = match stored.last() {
             Some(((last, _), _)) if !exhausted => *last,
             _ => i64::MAX,
         };
+        // The batch's additions are bounded by a chunk too: a store read to its end would
+        // otherwise bring in every addition after it, which a trim then cuts back, and the
+        // next load brings in again, once per record while the clock is past the cut.
+        if let Some(((due, _), _)) = self
+            .timers_added
+            .range((from, String::new())..)
+            .nth(self.timers.chunk)
+        {
+            // Entries due at the same time go in together; `from` at least, so each load
+            // moves on.
+            through = through.min(due.saturating_sub(1).max(from));
+        }
         for (key, value) in stored {
-            if !self.timers_deleted.contains(&key) && !self.timers_added.contains_key(&key) {
+            if key.0 <= through
+                && !self.timers_deleted.contains(&key)
+                && !self.timers_added.contains_key(&key)
+            {
                 self.timers.entries.insert(key, value);
             }
         }
@@ -555,6 +572,26 @@ mod tests {
             0,
             "partitions do not see each other"
         );
+    }
+
+    /// A store read to its end must not bring in every timer the batch armed beyond it:
+    /// the window would hold them all until the next trim, and load them again after it.
+    #[test]
+    fn a_load_brings_in_at_most_a_chunk_of_the_batchs_timers() {
+        let (_dir, store) = store();
+        let mut p =
+            PartitionState::open_with_window(&store, 2, TimerWindow::new(3, 8)).expect("open");
+        for i in 0..40 {
+            p.move_timer(&format!("u{i:02}"), None, Some((100 + i, Vec::new())));
+        }
+        let mut due = Vec::new();
+        let mut largest = 0;
+        while let Some(timer) = p.pop_due(1_000).expect("pop") {
+            largest = largest.max(p.timers.entries.len());
+            due.push(timer.due_ms);
+        }
+        assert_eq!(due, (100..140).collect::<Vec<_>>());
+        assert!(largest <= 8, "the window held {largest} entries");
     }
 
     /// The store drops an applied offset that its own position covers, and keeps one ahead
