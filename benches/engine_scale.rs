@@ -1,6 +1,7 @@
 //! The engine at scale, without a broker: Avro activity for N users streamed from a file
-//! through the engine with the full default rule set, committing every 50,000 records as the
-//! worker does under load. One child process per point, so each point's peak RSS is its own.
+//! through the engine with the full default rule set, committing every 200,000 records or
+//! 50,000 changed profiles, whichever comes first, as the worker does under load. One child
+//! process per point, so each point's peak RSS is its own.
 //!
 //! `make bench` runs it after the micro-benchmarks and prints one table row per point:
 //! events/s on one core (the engine is single-threaded), CPU seconds, peak RSS, and state
@@ -13,8 +14,10 @@
 //! The store logs its writes in RocksDB's write-ahead log, as the worker's does by default;
 //! `REKINDLE_SCALE_WAL=0` runs it without, as `state.write_ahead_log = false` does.
 //!
-//! `REKINDLE_SCALE_COMMIT_RECORDS` commits every that many records instead of 50,000
-//! (`pipeline.commit_max_records`).
+//! `REKINDLE_SCALE_COMMIT_RECORDS` commits every that many records instead of 200,000
+//! (`pipeline.commit_max_records`), `REKINDLE_SCALE_COMMIT_PROFILES` once that many
+//! profiles changed instead of 50,000 (`pipeline.commit_max_profiles`, checked every 5,000
+//! records as the worker checks after each batch).
 //!
 //! `REKINDLE_SCALE_PARTITIONS` spreads the users over that many partitions by a hash of
 //! their ids (one by default), as a keyed producer does; the engine still processes them
@@ -56,9 +59,12 @@ const DAY: i64 = 86_400_000;
 const T0: i64 = 1_767_225_600_000;
 /// Days of history every point spans: the rules' longest lookback.
 const DAYS: i64 = 35;
-/// Records per state commit: the worker's default `pipeline.commit_max_records`, which comes
-/// before its 1 s `pipeline.commit_interval` at these rates.
-const COMMIT_RECORDS: usize = 50_000;
+/// Records per state commit at most: the worker's default `pipeline.commit_max_records`.
+const COMMIT_RECORDS: usize = 200_000;
+/// Changed profiles per state commit at most: the worker's default
+/// `pipeline.commit_max_profiles`. At 1M users it comes first, after about 55,000 records;
+/// the worker's 1 s `pipeline.commit_interval` is not modelled.
+const COMMIT_PROFILES: usize = 50_000;
 
 /// Records per commit: `REKINDLE_SCALE_COMMIT_RECORDS`, or the worker's default.
 fn commit_records() -> u64 {
@@ -109,8 +115,9 @@ fn main() {
     std::fs::create_dir_all(&dir).expect("scale directory");
     println!();
     println!(
-        "engine at scale: {DAYS} days of history, default rules, a commit every {} records, one core",
-        commit_records()
+        "engine at scale: {DAYS} days of history, default rules, a commit every {} records or {} changed profiles, one core",
+        commit_records(),
+        env_number("REKINDLE_SCALE_COMMIT_PROFILES").unwrap_or(COMMIT_PROFILES)
     );
     println!(
         "{:>10} {:>10} {:>9} {:>12} {:>10} {:>8} {:>12} {:>14} {:>14}",
@@ -264,6 +271,8 @@ fn run_point(users: u64, events: u64, file: &Path, state: &Path, growth: bool, s
     let started = Instant::now();
     let cpu_before = cpu_seconds();
     let mut next_offset = vec![0i64; partitions];
+    let commit_profiles = env_number("REKINDLE_SCALE_COMMIT_PROFILES").unwrap_or(COMMIT_PROFILES);
+    let mut since_commit = 0u64;
     while read_record(&mut input, &mut payload) {
         let partition = partition_of.as_ref().map_or(0, |p| p[processed as usize]);
         let record = Record {
@@ -277,7 +286,12 @@ fn run_point(users: u64, events: u64, file: &Path, state: &Path, growth: bool, s
         next_offset[partition] += 1;
         engine.process(record, &mut out).expect("process");
         processed += 1;
-        if processed.is_multiple_of(commit) {
+        since_commit += 1;
+        // As the worker decides, once per batch of its default 5,000 records.
+        if since_commit >= commit
+            || (processed.is_multiple_of(5_000) && engine.dirty_profiles() >= commit_profiles)
+        {
+            since_commit = 0;
             engine.commit(&[]).expect("commit");
             triggers += out.triggers.len() as u64;
             out.clear();

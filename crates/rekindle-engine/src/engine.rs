@@ -157,6 +157,15 @@ impl Engine {
             .map_or(0, PartitionState::dirty_profiles)
     }
 
+    /// Profiles the current batch changed across all open partitions: what the next commit
+    /// encodes, sends and writes, and what its memory grows with.
+    pub fn dirty_profiles(&self) -> usize {
+        self.partitions
+            .values()
+            .map(PartitionState::dirty_profiles)
+            .sum()
+    }
+
     /// Profiles held in memory across all open partitions.
     pub fn cached_profiles(&self) -> usize {
         self.partitions

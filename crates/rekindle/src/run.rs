@@ -1,10 +1,11 @@
 //! `rekindle run`: the worker.
 //!
 //! One batch at a time: read records, run them through the engine and hand their triggers
-//! to the producer. Every `pipeline.commit_interval` (or `commit_max_records`, or when no
-//! records come): wait for the broker to acknowledge everything sent since the last commit,
-//! write the changed state to the changelog, commit state and offsets to RocksDB, then
-//! report progress to the consumer group. A crash anywhere before the RocksDB commit
+//! to the producer. Every `pipeline.commit_interval` (or `commit_max_records`, or
+//! `commit_max_profiles` changed profiles, or when no records come): wait for the broker
+//! to acknowledge everything sent since the last commit, write the changed state to the
+//! changelog, commit state and offsets to RocksDB, then report progress to the consumer
+//! group. A crash anywhere before the RocksDB commit
 //! replays the uncommitted batches from stored offsets and re-sends their triggers under
 //! the same ids. With transactions every batch is one transaction and commits at once.
 
@@ -396,6 +397,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             account(&mut deliveries, &metrics, &health);
             let due = eos
                 || uncommitted.records >= settings.pipeline.commit_max_records
+                || engine.dirty_profiles() >= settings.pipeline.commit_max_profiles
                 || uncommitted.since.is_some_and(|t| t.elapsed() >= settings.pipeline.commit_interval);
             let result = match sent {
                 Ok(()) if due => committer.commit(&mut engine, &mut deliveries, &mut uncommitted).await,

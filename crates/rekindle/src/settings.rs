@@ -117,11 +117,15 @@ pub struct PipelineConfig {
     #[serde(with = "humantime_serde")]
     pub batch_max_wait: Duration,
     /// State is committed (triggers awaited, changelog written, RocksDB batch) once this much
-    /// time has passed since the first uncommitted record, or once `commit_max_records`
-    /// records are uncommitted, whichever comes first; batches in between only send.
+    /// time has passed since the first uncommitted record, once `commit_max_records`
+    /// records are uncommitted, or once `commit_max_profiles` profiles are changed,
+    /// whichever comes first; batches in between only send.
     #[serde(with = "humantime_serde")]
     pub commit_interval: Duration,
     pub commit_max_records: usize,
+    /// What a commit holds grows with the profiles it changed, not with its records: this
+    /// bound keeps its memory the same whether a few users are very active or many are.
+    pub commit_max_profiles: usize,
     /// After SIGTERM, how long the batch in flight may take before the worker exits
     /// without committing it.
     #[serde(with = "humantime_serde")]
@@ -194,6 +198,9 @@ impl Settings {
         }
         if self.pipeline.commit_max_records == 0 {
             return fail("pipeline.commit_max_records", "must be at least 1");
+        }
+        if self.pipeline.commit_max_profiles == 0 {
+            return fail("pipeline.commit_max_profiles", "must be at least 1");
         }
         let tick = self.clock.tick_interval;
         if !tick.is_zero() && tick < Duration::from_millis(10) {
@@ -459,5 +466,10 @@ mod tests {
             .expect_err("nothing to restore from");
         assert!(err.to_string().contains("state.write_ahead_log"), "{err}");
         with_file("[state]\nwrite_ahead_log = false\n").expect("with the changelog");
+        let err = with_file("[pipeline]\ncommit_max_profiles = 0\n").expect_err("never commits");
+        assert!(
+            err.to_string().contains("pipeline.commit_max_profiles"),
+            "{err}"
+        );
     }
 }
