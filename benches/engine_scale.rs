@@ -66,13 +66,19 @@ const COMMIT_RECORDS: usize = 200_000;
 /// the worker's 1 s `pipeline.commit_interval` is not modelled.
 const COMMIT_PROFILES: usize = 50_000;
 
+/// The worker's default `pipeline.batch_max_records`: how often it checks the profiles bound.
+const BATCH_RECORDS: u64 = 5_000;
+
 /// Records per commit: `REKINDLE_SCALE_COMMIT_RECORDS`, or the worker's default.
-fn commit_records() -> u64 {
-    std::env::var("REKINDLE_SCALE_COMMIT_RECORDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
+fn commit_records() -> usize {
+    env_number("REKINDLE_SCALE_COMMIT_RECORDS")
         .filter(|n| *n > 0)
-        .unwrap_or(COMMIT_RECORDS as u64)
+        .unwrap_or(COMMIT_RECORDS)
+}
+
+/// Changed profiles per commit: `REKINDLE_SCALE_COMMIT_PROFILES`, or the worker's default.
+fn commit_profiles() -> usize {
+    env_number("REKINDLE_SCALE_COMMIT_PROFILES").unwrap_or(COMMIT_PROFILES)
 }
 const DEFAULT_POINTS: &str = "100000:5000000,1000000:5000000,1000000:5000000:off,10000000:5000000";
 const TIMEZONES: [&str; 4] = ["UTC", "Europe/Berlin", "America/New_York", "Asia/Tokyo"];
@@ -117,7 +123,7 @@ fn main() {
     println!(
         "engine at scale: {DAYS} days of history, default rules, a commit every {} records or {} changed profiles, one core",
         commit_records(),
-        env_number("REKINDLE_SCALE_COMMIT_PROFILES").unwrap_or(COMMIT_PROFILES)
+        commit_profiles()
     );
     println!(
         "{:>10} {:>10} {:>9} {:>12} {:>10} {:>8} {:>12} {:>14} {:>14}",
@@ -233,16 +239,10 @@ fn run_point(users: u64, events: u64, file: &Path, state: &Path, growth: bool, s
         write_ahead_log: std::env::var("REKINDLE_SCALE_WAL").map_or(true, |v| v != "0"),
         ..StoreOptions::default()
     };
-    if let Some(users) = std::env::var("REKINDLE_SCALE_PROFILE_CACHE")
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
+    if let Some(users) = env_number("REKINDLE_SCALE_PROFILE_CACHE") {
         options.profile_cache_users = users;
     }
-    if let Some(bytes) = std::env::var("REKINDLE_SCALE_PROFILE_BYTES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
+    if let Some(bytes) = env_number("REKINDLE_SCALE_PROFILE_BYTES") {
         options.profile_cache_bytes = bytes;
     }
     let store = Store::open(state, &options).expect("store");
@@ -266,12 +266,12 @@ fn run_point(users: u64, events: u64, file: &Path, state: &Path, growth: bool, s
     let mut payload = Vec::with_capacity(512);
     let mut out = Emitted::default();
     let mut processed: u64 = 0;
-    let commit = commit_records();
+    let commit = commit_records() as u64;
     let mut triggers: u64 = 0;
     let started = Instant::now();
     let cpu_before = cpu_seconds();
     let mut next_offset = vec![0i64; partitions];
-    let commit_profiles = env_number("REKINDLE_SCALE_COMMIT_PROFILES").unwrap_or(COMMIT_PROFILES);
+    let commit_profiles = commit_profiles();
     let mut since_commit = 0u64;
     while read_record(&mut input, &mut payload) {
         let partition = partition_of.as_ref().map_or(0, |p| p[processed as usize]);
@@ -287,9 +287,10 @@ fn run_point(users: u64, events: u64, file: &Path, state: &Path, growth: bool, s
         engine.process(record, &mut out).expect("process");
         processed += 1;
         since_commit += 1;
-        // As the worker decides, once per batch of its default 5,000 records.
+        // As the worker decides, once per batch.
         if since_commit >= commit
-            || (processed.is_multiple_of(5_000) && engine.dirty_profiles() >= commit_profiles)
+            || (processed.is_multiple_of(BATCH_RECORDS)
+                && engine.dirty_profiles() >= commit_profiles)
         {
             since_commit = 0;
             engine.commit(&[]).expect("commit");

@@ -5,9 +5,9 @@
 //! `commit_max_profiles` changed profiles, or when no records come): wait for the broker
 //! to acknowledge everything sent since the last commit, write the changed state to the
 //! changelog, commit state and offsets to RocksDB, then report progress to the consumer
-//! group. A crash anywhere before the RocksDB commit
-//! replays the uncommitted batches from stored offsets and re-sends their triggers under
-//! the same ids. With transactions every batch is one transaction and commits at once.
+//! group. A crash anywhere before the RocksDB commit replays the uncommitted batches from
+//! stored offsets and re-sends their triggers under the same ids. With transactions every
+//! batch is one transaction and commits at once.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
