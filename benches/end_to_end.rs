@@ -192,6 +192,7 @@ fn raw_consume(brokers: &str, topic: &str, expected: u64) -> f64 {
         .set("enable.partition.eof", "false")
         .set("partition.assignment.strategy", "cooperative-sticky")
         .set("statistics.interval.ms", "5000")
+        .set("fetch.queue.backoff.ms", "10")
         .set("fetch.wait.max.ms", "10")
         .create()
         .expect("consumer");
