@@ -1,6 +1,8 @@
 use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
 
-use foldhash::{HashSet, HashSetExt};
+use foldhash::fast::RandomState;
+use hashbrown::{Equivalent, HashMap, HashSet};
 
 use rekindle_rules::{GrowthFigures, UserProfile, MAX_SEGMENTS};
 use rocksdb::WriteBatch;
@@ -32,6 +34,24 @@ pub struct DueTimer {
 
 /// A timer index entry's key: (due time, user).
 type TimerKey = (i64, String);
+
+/// A [`TimerKey`] borrowed, to look up the batch's timer changes without copying the id.
+struct TimerKeyRef<'a>(i64, &'a str);
+
+/// Hashes as the owned key does (a tuple hashes its fields in order; a `String` as its
+/// `str`), which the maps' lookups by the borrowed form rely on.
+impl Hash for TimerKeyRef<'_> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
+        self.1.hash(state);
+    }
+}
+
+impl Equivalent<TimerKey> for TimerKeyRef<'_> {
+    fn equivalent(&self, key: &TimerKey) -> bool {
+        self.0 == key.0 && self.1 == key.1
+    }
+}
 
 /// The earliest part of the partition's timer index, held in memory so that checking for
 /// due timers (after every record that moves the clock) reads no RocksDB iterator.
@@ -108,8 +128,10 @@ pub struct PartitionState {
     /// event.
     /// Puts carry the value and whether the store holds the key already (a put over it, so
     /// a later removal in the batch must still delete it).
-    timers_added: BTreeMap<TimerKey, (Vec<u8>, bool)>,
-    timers_deleted: HashSet<TimerKey>,
+    /// Unordered: every event moves an entry, while only the flush and the window's loads
+    /// need them in due order, and sort or scan for it (see `load_timers`).
+    timers_added: HashMap<TimerKey, (Vec<u8>, bool), RandomState>,
+    timers_deleted: HashSet<TimerKey, RandomState>,
     timers: TimerWindow,
     /// Flushes so far: the clock of the profile cache's eviction.
     batch: u64,
@@ -146,8 +168,8 @@ impl PartitionState {
             meta: stored.unwrap_or_default(),
             has_meta: stored.is_some(),
             profiles: ProfileCache::default(),
-            timers_added: BTreeMap::new(),
-            timers_deleted: HashSet::new(),
+            timers_added: HashMap::default(),
+            timers_deleted: HashSet::default(),
             timers,
             batch: 0,
             meta_dirty: false,
@@ -273,11 +295,10 @@ impl PartitionState {
             self.meta.pending_timers = self.meta.pending_timers.saturating_add(1);
         }
         if let Some(old) = from {
-            let key = (old, user_id.to_string());
             if self.timers.covers(old) {
-                self.timers.entries.remove(&key);
+                self.timers.entries.remove(&(old, user_id.to_string()));
             }
-            self.unarm(key);
+            self.unarm(old, user_id);
         }
         if let Some((new, value)) = to {
             let key = (new, user_id.to_string());
@@ -306,11 +327,11 @@ impl PartitionState {
 
     /// Takes an entry out of the index as the flush will write it: an entry armed in this
     /// batch where the store has none just goes; any other is deleted.
-    fn unarm(&mut self, key: TimerKey) {
-        match self.timers_added.remove(&key) {
+    fn unarm(&mut self, due_ms: i64, user_id: &str) {
+        match self.timers_added.remove(&TimerKeyRef(due_ms, user_id)) {
             Some((_, false)) => {}
             Some((_, true)) | None => {
-                self.timers_deleted.insert(key);
+                self.timers_deleted.insert((due_ms, user_id.to_string()));
             }
         }
     }
@@ -344,11 +365,15 @@ impl PartitionState {
         // The batch's additions are bounded by a chunk too: a store read to its end would
         // otherwise bring in every addition after it, which a trim then cuts back, and the
         // next load brings in again, once per record while the clock is past the cut.
-        if let Some(((due, _), _)) = self
+        // The additions are unordered: the chunk's bound is found among their due times.
+        let mut dues: Vec<i64> = self
             .timers_added
-            .range((from, String::new())..)
-            .nth(self.timers.chunk)
-        {
+            .keys()
+            .map(|(due, _)| *due)
+            .filter(|due| *due >= from)
+            .collect();
+        if dues.len() > self.timers.chunk {
+            let (_, due, _) = dues.select_nth_unstable(self.timers.chunk);
             // Entries due at the same time go in together; `from` at least, so each load
             // moves on.
             through = through.min(due.saturating_sub(1).max(from));
@@ -361,12 +386,10 @@ impl PartitionState {
                 self.timers.entries.insert(key, value);
             }
         }
-        for (key, (value, _)) in self
-            .timers_added
-            .range((from, String::new())..)
-            .take_while(|((d, _), _)| *d <= through)
-        {
-            self.timers.entries.insert(key.clone(), value.clone());
+        for (key, (value, _)) in &self.timers_added {
+            if (from..=through).contains(&key.0) {
+                self.timers.entries.insert(key.clone(), value.clone());
+            }
         }
         self.timers.through = Some(through);
         Ok(())
@@ -385,7 +408,7 @@ impl PartitionState {
                 let Some((key, value)) = self.timers.entries.pop_first() else {
                     return Ok(None);
                 };
-                self.unarm(key.clone());
+                self.unarm(key.0, &key.1);
                 self.meta_dirty = true;
                 self.meta.pending_timers = self.meta.pending_timers.saturating_sub(1);
                 return Ok(Some(DueTimer {
@@ -500,7 +523,13 @@ impl PartitionState {
         for (due, user) in timers_deleted {
             batch.delete_cf(timers_cf, timer_key(self.partition, *due, user));
         }
-        for ((due, user), (value, _)) in &self.timers_added {
+        let mut timers_added: Vec<(&TimerKey, &Vec<u8>)> = self
+            .timers_added
+            .iter()
+            .map(|(key, (value, _))| (key, value))
+            .collect();
+        timers_added.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        for ((due, user), value) in timers_added {
             batch.put_cf(timers_cf, timer_key(self.partition, *due, user), value);
         }
         if self.has_meta {
@@ -537,6 +566,23 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path(), &StoreOptions::default()).expect("open");
         (dir, store)
+    }
+
+    #[test]
+    fn a_borrowed_timer_key_finds_the_owned_one() {
+        let mut added: HashMap<TimerKey, u8, RandomState> = HashMap::default();
+        added.insert((42, "u-1".to_string()), 1);
+        added.insert((42, "u-2".to_string()), 2);
+        added.insert((-7, String::new()), 3);
+        assert_eq!(added.get(&TimerKeyRef(42, "u-1")), Some(&1));
+        assert_eq!(added.get(&TimerKeyRef(42, "u-2")), Some(&2));
+        assert_eq!(added.get(&TimerKeyRef(-7, "")), Some(&3));
+        assert_eq!(added.get(&TimerKeyRef(43, "u-1")), None);
+        assert_eq!(added.get(&TimerKeyRef(42, "u-3")), None);
+        let mut deleted: HashSet<TimerKey, RandomState> = HashSet::default();
+        deleted.insert((9, "u".to_string()));
+        assert!(deleted.remove(&TimerKeyRef(9, "u")));
+        assert!(deleted.is_empty());
     }
 
     #[test]
