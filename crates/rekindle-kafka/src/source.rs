@@ -11,7 +11,7 @@ use rdkafka::ClientContext;
 use tokio::time::{timeout, Instant};
 use tracing::{error, info, warn};
 
-use crate::tick::TICK_HEADER;
+use crate::tick::{tick_time, TICK_HEADER};
 use crate::{KafkaError, KafkaSettings};
 
 /// Seeks back after an aborted transaction: attempts, and the pause before the second (it
@@ -201,8 +201,8 @@ pub struct SourceRecord<'a> {
     pub timestamp_ms: Option<i64>,
     pub key: Option<&'a [u8]>,
     pub payload: &'a [u8],
-    /// Set for clock-tick records.
-    pub is_tick: bool,
+    /// The time a clock-tick record carries; `None` for any other record.
+    pub tick_ms: Option<i64>,
 }
 
 /// The activity topic, read in a consumer group.
@@ -359,15 +359,21 @@ fn survivable<'a>(
 
 /// Reads what the engine needs from a message.
 pub fn source_record<'a>(message: &'a BorrowedMessage<'_>) -> SourceRecord<'a> {
-    let is_tick = message
-        .headers()
-        .is_some_and(|headers| headers.iter().any(|h| h.key == TICK_HEADER));
+    let payload = message.payload().unwrap_or(&[]);
+    // A tick is an 8-byte time with the tick header. The payload is looked at first: asking
+    // librdkafka for a record's headers parses them (and allocates, even for none), which
+    // every event would pay.
+    let tick_ms = tick_time(payload).filter(|_| {
+        message
+            .headers()
+            .is_some_and(|headers| headers.iter().any(|h| h.key == TICK_HEADER))
+    });
     SourceRecord {
         partition: u32::try_from(message.partition()).unwrap_or(0),
         offset: message.offset(),
         timestamp_ms: message.timestamp().to_millis(),
         key: message.key(),
-        payload: message.payload().unwrap_or(&[]),
-        is_tick,
+        payload,
+        tick_ms,
     }
 }

@@ -18,8 +18,8 @@ use anyhow::Context;
 use rekindle_engine::{Disposition, Emitted, Engine, Record, RecordKind};
 use rekindle_events::{AuditEncoder, EventError, TriggerEncoder};
 use rekindle_kafka::{
-    admin, source_record, tick_time, Assignment, ChangelogReader, ClockTicker, Deliveries,
-    KafkaError, Outgoing, ResumeLookup, Sink, Source, SourceRecord,
+    admin, source_record, Assignment, ChangelogReader, ClockTicker, Deliveries, KafkaError,
+    Outgoing, ResumeLookup, Sink, Source, SourceRecord,
 };
 use rekindle_telemetry::{Health, Metrics, Phase};
 use tokio::sync::watch;
@@ -329,13 +329,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
                 // after an aborted transaction.
                 uncommitted.starts.entry(record.partition).or_insert(record.offset);
                 uncommitted.records += 1;
-                let kind = if record.is_tick {
-                    match tick_time(record.payload) {
-                        Some(time_ms) => RecordKind::Tick(time_ms),
-                        None => RecordKind::Unreadable(EventError::Invalid("clock tick payload is not 8 bytes")),
-                    }
-                } else {
-                    RecordKind::Avro { payload: record.payload, timestamp_ms: record.timestamp_ms }
+                let kind = match record.tick_ms {
+                    Some(time_ms) => RecordKind::Tick(time_ms),
+                    None => RecordKind::Avro { payload: record.payload, timestamp_ms: record.timestamp_ms },
                 };
                 let disposition =
                     engine.process(Record { partition: record.partition, offset: record.offset, kind }, &mut emitted)?;
