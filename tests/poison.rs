@@ -1,7 +1,8 @@
 //! Poison input: 10,000 malformed records interleaved with valid ones. Every valid record is
 //! processed (the trigger set is exactly the oracle's), every malformed one is on the
 //! dead-letter topic, unchanged, with headers that point at its own place in the activity
-//! topic and name the error; the worker never stops.
+//! topic and name the error; the worker never stops. Among them, records that carry the
+//! clock-tick header without a tick's 8-byte time: read as events, so dead-lettered too.
 
 mod support;
 
@@ -9,17 +10,33 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use rekindle_events::{encode_event, ActivityEvent};
-use support::broker::{create_topic, produce, Batching, Broker};
+use support::broker::{create_topic, produce_log, Batching, Broker, LogRecord};
 use support::histories::{assert_same_episodes, avro_payloads, expected, scripted};
 use support::worker::{log_lines, read_topic, write_config, TriggerReader, Worker, DEAD_LETTERS};
 use support::{now_ms, DAY};
 
 const POISON: usize = 10_000;
 
-/// The i-th malformed record and the error kind the worker must report for it.
-fn poison(i: usize, template: &ActivityEvent) -> (Vec<u8>, &'static str) {
+/// The worker's clock-tick header (the wire contract with `rekindle run`).
+const TICK_HEADER: &str = "rekindle-clock-tick";
+
+/// A record's headers, as `produce_log` takes them.
+type Headers = Vec<(&'static str, Vec<u8>)>;
+
+/// The i-th malformed record, the error kind the worker must report for it, and its
+/// headers.
+fn poison(i: usize, template: &ActivityEvent) -> (Vec<u8>, &'static str, Headers) {
+    if i % 7 == 6 {
+        // Not a tick's 8-byte time, whatever its header says; not an event either.
+        return (vec![0xff; 3], "avro", vec![(TICK_HEADER, b"1".to_vec())]);
+    }
+    let (payload, kind) = plain_poison(i, template);
+    (payload, kind, Vec::new())
+}
+
+fn plain_poison(i: usize, template: &ActivityEvent) -> (Vec<u8>, &'static str) {
     let mut bad = template.clone();
-    match i % 6 {
+    match i % 7 {
         0 => (format!("not avro at all {i}").into_bytes(), "avro"),
         1 => {
             let valid = encode_event(template, Some(1)).expect("encodes");
@@ -46,17 +63,25 @@ fn malformed_records_go_to_the_dead_letter_topic_and_valid_ones_are_processed() 
     let expected = expected(&events, now_ms());
 
     let valid = avro_payloads(&events);
-    let mut records: Vec<(String, Vec<u8>)> = Vec::with_capacity(valid.len() + POISON);
+    let mut records: Vec<LogRecord> = Vec::with_capacity(valid.len() + POISON);
     let mut kinds: BTreeMap<String, &'static str> = BTreeMap::new();
     let mut poisoned = 0;
-    for (i, record) in valid.into_iter().enumerate() {
-        records.push(record);
+    for (i, (key, payload)) in valid.into_iter().enumerate() {
+        records.push(LogRecord {
+            key,
+            payload,
+            headers: Vec::new(),
+        });
         // Spread the poison evenly through the valid stream.
         while poisoned < POISON && poisoned * events.len() <= i * POISON {
-            let (payload, kind) = poison(poisoned, &events[0]);
+            let (payload, kind, headers) = poison(poisoned, &events[0]);
             let key = format!("bad-{poisoned:05}");
             kinds.insert(key.clone(), kind);
-            records.push((key, payload));
+            records.push(LogRecord {
+                key,
+                payload,
+                headers,
+            });
             poisoned += 1;
         }
     }
@@ -64,7 +89,7 @@ fn malformed_records_go_to_the_dead_letter_topic_and_valid_ones_are_processed() 
     create_topic(&broker.address, "activity", 4);
     create_topic(&broker.address, "triggers", 2);
     create_topic(&broker.address, DEAD_LETTERS, 2);
-    produce(&broker.address, "activity", &records, Batching::Default);
+    produce_log(&broker.address, "activity", &records, Batching::Default);
 
     let dir = tempfile::tempdir().expect("temp dir");
     let config = write_config(
