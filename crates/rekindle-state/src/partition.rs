@@ -365,18 +365,20 @@ impl PartitionState {
         // The batch's additions are bounded by a chunk too: a store read to its end would
         // otherwise bring in every addition after it, which a trim then cuts back, and the
         // next load brings in again, once per record while the clock is past the cut.
-        // The additions are unordered: the chunk's bound is found among their due times.
-        let mut dues: Vec<i64> = self
+        // The additions are unordered: one pass finds those the window would take (none
+        // after `through` can lower it), and the chunk's bound among them.
+        let mut added: Vec<(&TimerKey, &Vec<u8>)> = self
             .timers_added
-            .keys()
-            .map(|(due, _)| *due)
-            .filter(|due| *due >= from)
+            .iter()
+            .filter(|(key, _)| (from..=through).contains(&key.0))
+            .map(|(key, (value, _))| (key, value))
             .collect();
-        if dues.len() > self.timers.chunk {
-            let (_, due, _) = dues.select_nth_unstable(self.timers.chunk);
+        if added.len() > self.timers.chunk {
+            let (_, (key, _), _) =
+                added.select_nth_unstable_by_key(self.timers.chunk, |(key, _)| key.0);
             // Entries due at the same time go in together; `from` at least, so each load
             // moves on.
-            through = through.min(due.saturating_sub(1).max(from));
+            through = through.min(key.0.saturating_sub(1).max(from));
         }
         for (key, value) in stored {
             if key.0 <= through
@@ -386,8 +388,8 @@ impl PartitionState {
                 self.timers.entries.insert(key, value);
             }
         }
-        for (key, (value, _)) in &self.timers_added {
-            if (from..=through).contains(&key.0) {
+        for (key, value) in added {
+            if key.0 <= through {
                 self.timers.entries.insert(key.clone(), value.clone());
             }
         }
