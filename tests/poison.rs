@@ -10,15 +10,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use rekindle_events::{encode_event, ActivityEvent};
-use support::broker::{create_topic, produce_log, Batching, Broker, LogRecord};
+use support::broker::{create_topic, produce_log, Batching, Broker, LogRecord, TICK_HEADER};
 use support::histories::{assert_same_episodes, avro_payloads, expected, scripted};
 use support::worker::{log_lines, read_topic, write_config, TriggerReader, Worker, DEAD_LETTERS};
 use support::{now_ms, DAY};
 
 const POISON: usize = 10_000;
-
-/// The worker's clock-tick header (the wire contract with `rekindle run`).
-const TICK_HEADER: &str = "rekindle-clock-tick";
 
 /// A record's headers, as `produce_log` takes them.
 type Headers = Vec<(&'static str, Vec<u8>)>;
@@ -26,32 +23,37 @@ type Headers = Vec<(&'static str, Vec<u8>)>;
 /// The i-th malformed record, the error kind the worker must report for it, and its
 /// headers.
 fn poison(i: usize, template: &ActivityEvent) -> (Vec<u8>, &'static str, Headers) {
-    if i % 7 == 6 {
-        // Not a tick's 8-byte time, whatever its header says; not an event either.
-        return (vec![0xff; 3], "avro", vec![(TICK_HEADER, b"1".to_vec())]);
-    }
-    let (payload, kind) = plain_poison(i, template);
-    (payload, kind, Vec::new())
-}
-
-fn plain_poison(i: usize, template: &ActivityEvent) -> (Vec<u8>, &'static str) {
     let mut bad = template.clone();
     match i % 7 {
-        0 => (format!("not avro at all {i}").into_bytes(), "avro"),
+        0 => (
+            format!("not avro at all {i}").into_bytes(),
+            "avro",
+            Vec::new(),
+        ),
         1 => {
             let valid = encode_event(template, Some(1)).expect("encodes");
-            (valid[..valid.len() - 4].to_vec(), "avro")
+            (valid[..valid.len() - 4].to_vec(), "avro", Vec::new())
         }
-        2 => (Vec::new(), "empty"),
+        2 => (Vec::new(), "empty", Vec::new()),
         3 => {
             bad.user_id.clear();
-            (encode_event(&bad, None).expect("encodes"), "invalid")
+            (
+                encode_event(&bad, None).expect("encodes"),
+                "invalid",
+                Vec::new(),
+            )
         }
         4 => {
             bad.timestamp_ms = 1_700_000_000; // seconds, not milliseconds
-            (encode_event(&bad, Some(1)).expect("encodes"), "invalid")
+            (
+                encode_event(&bad, Some(1)).expect("encodes"),
+                "invalid",
+                Vec::new(),
+            )
         }
-        _ => (vec![7u8; 950_000], "oversized"),
+        5 => (vec![7u8; 950_000], "oversized", Vec::new()),
+        // Not a tick's 8-byte time, whatever its header says; not an event either.
+        _ => (vec![0xff; 3], "avro", vec![(TICK_HEADER, b"1".to_vec())]),
     }
 }
 

@@ -10,13 +10,11 @@ use std::time::Duration;
 
 use rekindle_events::{encode_event, ActivityEvent, AuditDecoder, TriggerDecoder};
 use serde_json::Value;
-use support::broker::{create_topic, produce_log, Batching, Broker, LogRecord};
+use support::broker::{create_topic, produce_log, Batching, Broker, LogRecord, TICK_HEADER};
 use support::worker::{
     http_get, read_topic, run_rekindle, write_config_with, Worker, WorkerOptions, DEAD_LETTERS,
 };
 
-/// The header that marks a clock-tick record (the wire contract with `rekindle run`).
-const TICK_HEADER: &str = "rekindle-clock-tick";
 /// Built-in rule ids, turned off unless a scenario names them.
 const BUILT_IN_RULES: [&str; 4] = [
     "lapsed_7d",

@@ -315,6 +315,9 @@ pub fn produce_log(brokers: &str, topic: &str, records: &[LogRecord], batching: 
         .expect("all records acknowledged");
 }
 
+/// The header that marks a clock-tick record (the wire contract with `rekindle run`).
+pub const TICK_HEADER: &str = "rekindle-clock-tick";
+
 /// Appends a clock-tick record at `time_ms` to each of `partitions` partitions of `topic`
 /// (the wire contract with `rekindle run`: header `rekindle-clock-tick`, 8-byte big-endian
 /// time), and waits until the broker has them.
@@ -329,7 +332,7 @@ pub fn produce_ticks(brokers: &str, topic: &str, partitions: i32, time_ms: i64) 
     let payload = time_ms.to_be_bytes();
     for partition in 0..partitions {
         let headers = OwnedHeaders::new().insert(Header {
-            key: "rekindle-clock-tick",
+            key: TICK_HEADER,
             value: Some(b"1".as_slice()),
         });
         let record = BaseRecord::<(), _>::to(topic)
