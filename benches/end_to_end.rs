@@ -6,7 +6,12 @@
 //!    the whole topic and discards it: the ceiling of any Kafka pipeline on this broker.
 //! 3. **The worker**: `rekindle run` with the default rules, fresh state, processes the same
 //!    topic; done when its metrics count every event processed. Its seconds per loop step
-//!    (`rekindle_pipeline_phase_seconds_total`) show where the time went.
+//!    (`rekindle_pipeline_phase_seconds_total`) show where the time went. Then the same
+//!    with two pipelines in the worker (`pipeline.threads = 2`), from fresh state under
+//!    another group. A worker that stops making progress short of the count is reported as
+//!    stalled: on tansu a partition that moves between members mid-stream can resume inside
+//!    a record batch, which tansu does not serve (the two pipelines' start-up moves half the
+//!    partitions from the first to the second).
 //! 4. **Trigger latency**: 2,000 more users whose lapse deadlines fall 10 to 40 s into the
 //!    run; for each trigger, the moment it is readable on the delivery topic minus its due
 //!    time (p50, p99, max), with the clock tick at its default (250 ms).
@@ -33,6 +38,8 @@ const PARTITIONS: i32 = 4;
 const USERS: u64 = 200_000;
 const LATENCY_USERS: u64 = 2_000;
 const DEFAULT_EVENTS: u64 = 2_000_000;
+/// A worker that processes nothing for this long is not going to finish.
+const STALL: Duration = Duration::from_secs(30);
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -61,50 +68,13 @@ fn main() {
 
     let raw_seconds = raw_consume(&broker.address, "bench.activity", events);
 
-    let dir = tempfile::tempdir().expect("temporary directory");
-    // The worker's defaults (rules, batches, clock ticks, changelog), but for where things
-    // are and the fetch wait the demo uses against tansu (the raw consumer uses it too).
-    let config = dir.path().join("rekindle.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[kafka]
-brokers = "{brokers}"
-group_id = "rekindle-bench"
-activity_topic = "bench.activity"
-trigger_topic = "bench.triggers"
-dead_letter_topic = "dead-letters"
-create_topics = true
-create_partitions = {PARTITIONS}
-[kafka.consumer]
-"fetch.wait.max.ms" = "10"
-[state]
-dir = "{state}"
-[log]
-format = "json"
-[http]
-listen = "127.0.0.1:{port}"
-"#,
-            brokers = broker.address,
-            state = dir.path().join("state").display(),
-            port = free_port(),
-        ),
-    )
-    .expect("worker configuration");
-    let started = Instant::now();
-    let worker = Worker::start(&config, &dir.path().join("worker.log"));
-    let deadline = Instant::now() + Duration::from_secs(3600);
-    while processed(&config) < events {
-        assert!(Instant::now() < deadline, "the worker did not finish");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let worker_seconds = started.elapsed().as_secs_f64();
-    let phases = phase_seconds(&config);
-
+    let one = WorkerRun::start(&broker.address, events, "rekindle-bench", 1)
+        .unwrap_or_else(|stalled| panic!("{stalled}"));
     let latencies = trigger_latency(&broker.address);
-    let status = worker.stop();
-    assert!(status.success(), "worker exited with {status}");
+    let one = one.stop();
+    // The same topic again, from fresh state under another group: two pipelines in one
+    // worker (`pipeline.threads = 2`), the machine's two cores.
+    let two = WorkerRun::start(&broker.address, events, "rekindle-bench-2", 2).map(WorkerRun::stop);
 
     let rate = |seconds: f64| events as f64 / seconds;
     println!();
@@ -122,25 +92,37 @@ listen = "127.0.0.1:{port}"
         rate(raw_seconds),
         raw_seconds
     );
-    println!(
-        "{:<34} {:>12.0} {:>10.1}",
-        "rekindle run (default rules)",
-        rate(worker_seconds),
-        worker_seconds
-    );
-    println!(
-        "worker / raw consume: {:.2}",
-        rate(worker_seconds) / rate(raw_seconds)
-    );
-    let busy: f64 = phases.iter().map(|(_, s)| s).sum();
-    println!(
-        "the worker's loop, seconds per step (of {worker_seconds:.1} s; the rest is start-up):"
-    );
-    for (phase, seconds) in &phases {
+    let mut runs = vec![("rekindle run (default rules)", "worker", &one)];
+    match &two {
+        Ok(two) => runs.push(("the same, pipeline.threads = 2", "worker, 2 pipelines", two)),
+        Err(stalled) => println!("{stalled}"),
+    }
+    for (row, _, run) in &runs {
         println!(
-            "  {phase:<10} {seconds:>8.1} s {:>5.1} %",
-            100.0 * seconds / busy.max(f64::MIN_POSITIVE)
+            "{row:<34} {:>12.0} {:>10.1}",
+            rate(run.seconds),
+            run.seconds
         );
+    }
+    for (_, name, run) in &runs {
+        println!(
+            "{name} / raw consume: {:.2} ({:.1} s to the first event processed)",
+            rate(run.seconds) / rate(raw_seconds),
+            run.first_seconds
+        );
+    }
+    for (_, name, run) in &runs {
+        let busy: f64 = run.phases.iter().map(|(_, s)| s).sum();
+        println!(
+            "{name}: seconds per step of the loop, summed over pipelines (of {:.1} s; the rest is start-up):",
+            run.seconds
+        );
+        for (phase, seconds) in &run.phases {
+            println!(
+                "  {phase:<10} {seconds:>8.1} s {:>5.1} %",
+                100.0 * seconds / busy.max(f64::MIN_POSITIVE)
+            );
+        }
     }
     let percentile = |p: f64| {
         let at = ((latencies.len() as f64 - 1.0) * p).round() as usize;
@@ -153,6 +135,102 @@ listen = "127.0.0.1:{port}"
         percentile(0.99),
         latencies.last().copied().unwrap_or(f64::NAN),
     );
+}
+
+/// `rekindle run` on the loaded topic, from fresh state under its own group.
+struct WorkerRun {
+    _dir: tempfile::TempDir,
+    worker: Option<Worker>,
+    /// From the start of the process until its metrics count every event.
+    seconds: f64,
+    /// From the start until the first event was processed (joining the group, restoring).
+    first_seconds: f64,
+    /// Seconds per step of the loop (`rekindle_pipeline_phase_seconds_total`).
+    phases: Vec<(String, f64)>,
+}
+
+impl WorkerRun {
+    /// Starts the worker with `threads` pipelines and returns once it has processed
+    /// `events` events, still running; an error if it stops making progress short of them.
+    fn start(brokers: &str, events: u64, group: &str, threads: usize) -> Result<WorkerRun, String> {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        // The worker's defaults (rules, batches, clock ticks, changelog), but for where
+        // things are and the fetch wait the demo uses against tansu (the raw consumer uses
+        // it too).
+        let config = dir.path().join("rekindle.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"
+[kafka]
+brokers = "{brokers}"
+group_id = "{group}"
+activity_topic = "bench.activity"
+trigger_topic = "bench.triggers"
+dead_letter_topic = "dead-letters"
+create_topics = true
+create_partitions = {PARTITIONS}
+[kafka.consumer]
+"fetch.wait.max.ms" = "10"
+[state]
+dir = "{state}"
+[pipeline]
+threads = {threads}
+[log]
+format = "json"
+[http]
+listen = "127.0.0.1:{port}"
+"#,
+                state = dir.path().join("state").display(),
+                port = free_port(),
+            ),
+        )
+        .expect("worker configuration");
+        let started = Instant::now();
+        let worker = Worker::start(&config, &dir.path().join("worker.log"));
+        let mut first_seconds = None;
+        let (mut last, mut progressed) = (0, Instant::now());
+        loop {
+            let done = processed(&config);
+            if done > 0 && first_seconds.is_none() {
+                first_seconds = Some(started.elapsed().as_secs_f64());
+            }
+            if done >= events {
+                break;
+            }
+            if done > last {
+                (last, progressed) = (done, Instant::now());
+            } else if progressed.elapsed() > STALL {
+                // tansu answers a fetch that starts inside a record batch with nothing of
+                // that batch (see `Batching` in tests/support/broker.rs): a partition that
+                // moves between members mid-stream can resume there and never see the rest
+                // of the batch. Kafka returns the whole batch.
+                let _ = worker.stop();
+                return Err(format!(
+                    "{group} ({threads} pipelines) stalled at {done} of {events} events; on \
+                     tansu the likely cause is a partition resumed inside a record batch, \
+                     which tansu does not serve"
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        Ok(WorkerRun {
+            phases: phase_seconds(&config),
+            _dir: dir,
+            worker: Some(worker),
+            seconds,
+            first_seconds: first_seconds.unwrap_or(seconds),
+        })
+    }
+
+    fn stop(mut self) -> WorkerRun {
+        if let Some(worker) = self.worker.take() {
+            let status = worker.stop();
+            assert!(status.success(), "worker exited with {status}");
+        }
+        self
+    }
 }
 
 /// `events` activity events of [`USERS`] users over 35 days ending a day ago, in time order,

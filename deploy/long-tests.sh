@@ -25,7 +25,7 @@ run_lane() {
     [ -n "$exe" ] || { echo "long-tests: no test binary for $t" >&2; return 1; }
     local started=$SECONDS
     # Workers' directories are kept so that a failure shows what the workers logged.
-    if REKINDLE_TEST_KEEP=1 "$exe" --nocapture >"$logs/$t.log" 2>&1; then
+    if REKINDLE_TEST_KEEP=1 "$exe" --nocapture --test-threads=1 >"$logs/$t.log" 2>&1; then
       echo "long-tests: $t passed in $((SECONDS - started)) s"
     else
       status=1

@@ -3,7 +3,10 @@
 //! rebuilds their state from the changelog, and the result is what `rekindle replay` gives
 //! for the same events: the same trigger ids, and the same activity in every user's profile
 //! (an event applied twice or lost in a move would show there). The test also checks, from
-//! the workers' logs, that no partition ever had two owners at once.
+//! the workers' logs, that no partition ever had two owners at once. The same again with two
+//! pipelines in each worker (`pipeline.threads = 2`): six members of the group in three
+//! processes, partitions moving between the pipelines of one worker (sharing its state
+//! directory) as well as between workers, and no two pipelines ever owning one partition.
 //!
 //! The group runs on librdkafka's mock cluster, whose group coordinator holds a rebalance
 //! until every member has rejoined or timed out, as Kafka's does. tansu answers each
@@ -110,43 +113,52 @@ fn log_partitions(line: &serde_json::Value) -> Vec<u32> {
         .expect("partition list")
 }
 
-/// Each partition's owners over time, from the workers' logs: (from, to, worker). A worker
-/// owns a partition from the log line of its assignment to that of its revocation, or to
-/// `ended` (its kill) when the log has none.
+/// The owner a log line speaks for: the worker, and its pipeline when it runs several.
+fn log_owner(worker: &str, line: &serde_json::Value) -> String {
+    let pipeline = line["spans"].as_array().and_then(|spans| {
+        spans
+            .iter()
+            .find(|s| s["name"] == "pipeline")
+            .and_then(|s| s["n"].as_u64())
+    });
+    match pipeline {
+        Some(n) => format!("{worker}/pipeline {n}"),
+        None => worker.to_string(),
+    }
+}
+
+/// Each partition's owners over time, from the workers' logs: (from, to, owner), an owner
+/// being a worker or one of its pipelines. An owner holds a partition from the log line of
+/// its assignment to that of its revocation, or to `ended` (its worker's kill) when the log
+/// has none.
 fn ownership(
     logs: &[(&str, &Path, Option<jiff::Timestamp>)],
 ) -> BTreeMap<u32, Vec<(jiff::Timestamp, jiff::Timestamp, String)>> {
     let mut owners: BTreeMap<u32, Vec<_>> = BTreeMap::new();
     for (name, log, ended) in logs {
-        let mut changes: Vec<(jiff::Timestamp, bool, Vec<u32>)> = log_lines(log, ASSIGNED)
+        let mut changes: Vec<(jiff::Timestamp, bool, String, Vec<u32>)> = log_lines(log, ASSIGNED)
             .iter()
-            .map(|l| (log_time(l), true, log_partitions(l)))
+            .map(|l| (log_time(l), true, log_owner(name, l), log_partitions(l)))
             .chain(
                 log_lines(log, REVOKED)
                     .iter()
-                    .map(|l| (log_time(l), false, log_partitions(l))),
+                    .map(|l| (log_time(l), false, log_owner(name, l), log_partitions(l))),
             )
             .collect();
-        changes.sort_by_key(|(at, _, _)| *at);
-        let mut open: BTreeMap<u32, jiff::Timestamp> = BTreeMap::new();
-        for (at, assigned, partitions) in changes {
+        changes.sort_by_key(|(at, _, _, _)| *at);
+        let mut open: BTreeMap<(String, u32), jiff::Timestamp> = BTreeMap::new();
+        for (at, assigned, owner, partitions) in changes {
             for p in partitions {
                 if assigned {
-                    open.entry(p).or_insert(at);
-                } else if let Some(from) = open.remove(&p) {
-                    owners
-                        .entry(p)
-                        .or_default()
-                        .push((from, at, name.to_string()));
+                    open.entry((owner.clone(), p)).or_insert(at);
+                } else if let Some(from) = open.remove(&(owner.clone(), p)) {
+                    owners.entry(p).or_default().push((from, at, owner.clone()));
                 }
             }
         }
-        for (p, from) in open {
+        for ((owner, p), from) in open {
             let to = ended.expect("a running worker revokes its partitions when it stops");
-            owners
-                .entry(p)
-                .or_default()
-                .push((from, to, name.to_string()));
+            owners.entry(p).or_default().push((from, to, owner));
         }
     }
     owners
@@ -154,6 +166,18 @@ fn ownership(
 
 #[test]
 fn a_killed_worker_and_an_empty_joiner_give_the_same_triggers_and_state_as_replay() {
+    killed_worker_and_empty_joiner(1);
+}
+
+#[test]
+fn a_killed_worker_and_an_empty_joiner_with_two_pipelines_each_give_the_same_triggers_and_state_as_replay(
+) {
+    killed_worker_and_empty_joiner(2);
+}
+
+fn killed_worker_and_empty_joiner(threads: usize) {
+    let threads = threads.to_string();
+    let env = [("REKINDLE__PIPELINE__THREADS", threads.as_str())];
     let mock = MockCluster::new(1).expect("mock cluster");
     let brokers = mock.bootstrap_servers();
     let changelog = format!("{GROUP}.changelog");
@@ -214,7 +238,7 @@ fn a_killed_worker_and_an_empty_joiner_give_the_same_triggers_and_state_as_repla
     let mut reader = TriggerReader::new(&brokers, "triggers");
     let mut running: Vec<Worker> = members[..3]
         .iter()
-        .map(|m| Worker::start(&m.config, &m.log))
+        .map(|m| Worker::start_with_env(&m.config, &m.log, &env))
         .collect();
     let ids = |r: &TriggerReader| -> BTreeSet<String> {
         r.delivered.iter().map(|d| d.trigger_id.clone()).collect()
@@ -227,7 +251,11 @@ fn a_killed_worker_and_an_empty_joiner_give_the_same_triggers_and_state_as_repla
     );
     running.remove(1).kill();
     let killed_at = jiff::Timestamp::now();
-    running.push(Worker::start(&members[3].config, &members[3].log));
+    running.push(Worker::start_with_env(
+        &members[3].config,
+        &members[3].log,
+        &env,
+    ));
     reader.read_until(Duration::from_secs(240), |d| {
         d.iter()
             .map(|t| &t.trigger_id)

@@ -209,13 +209,17 @@ impl Engine {
                 }
             }
             self.partitions.insert(partition, state);
-            let series = self.metrics.partition_series(
-                &self.config.topic,
-                partition,
-                self.segment_names(),
-                &self.arm_labels,
-            );
-            self.partition_series.insert(partition, series);
+            // Kept through a rollback, which reopens the partition: resolving them again
+            // would count this engine as holding them twice.
+            if !self.partition_series.contains_key(&partition) {
+                let series = self.metrics.partition_series(
+                    &self.config.topic,
+                    partition,
+                    self.segment_names(),
+                    &self.arm_labels,
+                );
+                self.partition_series.insert(partition, series);
+            }
         }
         self.partitions.get_mut(&partition).ok_or_else(|| {
             EngineError::State(rekindle_state::StateError::Corrupt {

@@ -3,6 +3,9 @@ use prometheus::{
     IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
 use crate::TelemetryError;
 
 /// Latency buckets in seconds: sub-second for live traffic, up to a week for backfills.
@@ -53,6 +56,10 @@ impl Phase {
 #[derive(Clone)]
 pub struct Metrics {
     registry: Registry,
+    /// Per partition, the engines in this process that hold its series: with several
+    /// pipelines a partition can move from one to another, and the one that lets it go
+    /// may do so after the one that took it resolved its series.
+    partition_holders: Arc<Mutex<HashMap<u32, usize>>>,
     pub records_received: IntCounterVec,
     pub events_processed: IntCounterVec,
     pub records_malformed: IntCounterVec,
@@ -416,6 +423,7 @@ impl Metrics {
                 "1 when /health/readyz answers ready, 0 otherwise.",
             )?,
             registry: b.registry,
+            partition_holders: Arc::default(),
         };
         for phase in Phase::ALL {
             metrics.phase_seconds.with_label_values(&[phase.label()]);
@@ -441,6 +449,7 @@ impl Metrics {
         segments: &[String],
         arms: &[(String, String)],
     ) -> PartitionSeries {
+        *self.holders().entry(partition).or_default() += 1;
         let label = partition.to_string();
         PartitionSeries {
             received: self
@@ -495,8 +504,18 @@ impl Metrics {
     }
 
     /// Drops a partition's per-partition gauges when it moves to another worker, so that
-    /// sums over workers count each partition once.
+    /// sums over workers count each partition once; not while another engine of this
+    /// process holds them (it took the partition over from this one).
     pub fn forget_partition(&self, partition: u32, segments: &[String], arms: &[(String, String)]) {
+        {
+            let mut holders = self.holders();
+            let held = holders.get(&partition).copied().unwrap_or(0);
+            if held > 1 {
+                holders.insert(partition, held - 1);
+                return;
+            }
+            holders.remove(&partition);
+        }
         let label = partition.to_string();
         for (rule, arm) in arms {
             for outcome in ["triggered", "reactivated"] {
@@ -541,6 +560,13 @@ impl Metrics {
         let _ = self.consumer_lag.remove_label_values(&[label.as_str()]);
     }
 
+    fn holders(&self) -> std::sync::MutexGuard<'_, HashMap<u32, usize>> {
+        // A count, consistent after any panic that interrupted an update.
+        self.partition_holders
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
@@ -553,6 +579,31 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A partition moving between two engines of one process: the one letting it go may
+    /// forget it after the other took it; its series stay until the last holder forgets.
+    #[test]
+    fn a_partition_s_series_stay_while_another_engine_holds_them() {
+        let m = Metrics::new().expect("metrics");
+        let pending = |m: &Metrics| {
+            m.render()
+                .contains("rekindle_state_pending_timers{partition=\"5\"}")
+        };
+        let old = m.partition_series("activity", 5, &[], &[]);
+        old.pending_timers.set(3);
+        let new = m.partition_series("activity", 5, &[], &[]);
+        m.forget_partition(5, &[], &[]);
+        new.pending_timers.set(4);
+        assert!(pending(&m), "the holder's series were dropped");
+        assert!(m
+            .render()
+            .contains("rekindle_state_pending_timers{partition=\"5\"} 4"));
+        m.forget_partition(5, &[], &[]);
+        assert!(!pending(&m), "the last holder forgot them");
+        m.partition_series("activity", 5, &[], &[]);
+        m.forget_partition(5, &[], &[]);
+        assert!(!pending(&m), "counted afresh after the last forget");
+    }
 
     #[test]
     fn renders_named_metrics() {

@@ -5,6 +5,7 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod claims;
 mod dead_letter;
 mod generate;
 mod inspect;
@@ -62,7 +63,14 @@ fn main() -> std::process::ExitCode {
         let settings = settings::Settings::load(cli.config.as_deref())?;
         wiring::init_logging(&settings)?;
         match cli.command {
-            Command::Run => wiring::runtime()?.block_on(run::run(settings)),
+            Command::Run => {
+                let runtime = wiring::runtime()?;
+                let result = runtime.block_on(run::run(settings));
+                // A pipeline thread that did not finish within the grace period after
+                // another failed is not waited for.
+                runtime.shutdown_background();
+                result
+            }
             Command::Replay(args) => replay::replay(&settings, &args),
             Command::Gen(args) => generate::generate(&settings, &args),
             Command::Tail(args) => wiring::runtime()?.block_on(tail::tail(&settings, &args)),

@@ -1,7 +1,8 @@
 //! The worker's side of observability: what the consumer reports, turned into metrics and
 //! readiness, and figures sampled from the engine, the store and the producer.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rekindle_engine::Engine;
@@ -88,8 +89,8 @@ pub fn record_clock_lag(metrics: &Metrics, engine: &Engine, now_ms: i64) {
     }
 }
 
-/// RocksDB size estimates; cheap, but sampled rather than read per batch.
-/// RocksDB's cumulative statistics as last read, so that counters advance by the difference.
+/// RocksDB's cumulative statistics as last read, so that counters advance by the
+/// difference. One per store: the worker's pipelines share it, since they share the store.
 #[derive(Default)]
 pub struct StoreCounters {
     hits: u64,
@@ -97,31 +98,79 @@ pub struct StoreCounters {
     stall_micros: u64,
 }
 
-pub fn record_store_stats(metrics: &Metrics, engine: &Engine, last: &mut StoreCounters) {
+/// What each pipeline's own engine and producer hold, summed into the worker's gauges.
+pub struct PipelineFigures {
+    /// Per pipeline: cached profiles, stored profile bytes, records in flight.
+    slots: Vec<[AtomicI64; 3]>,
+}
+
+impl PipelineFigures {
+    pub fn new(pipelines: usize) -> PipelineFigures {
+        PipelineFigures {
+            slots: (0..pipelines).map(|_| Default::default()).collect(),
+        }
+    }
+
+    /// Sets pipeline `index`'s figure `which` and returns the sum over pipelines.
+    fn set(&self, index: usize, which: usize, value: i64) -> i64 {
+        if let Some(slot) = self.slots.get(index).and_then(|s| s.get(which)) {
+            slot.store(value, Ordering::Relaxed);
+        }
+        self.slots
+            .iter()
+            .filter_map(|s| s.get(which))
+            .map(|v| v.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// Pipeline `index`'s producer holds `records` unacknowledged.
+    pub fn in_flight(&self, metrics: &Metrics, index: usize, records: i64) {
+        metrics.producer_in_flight.set(self.set(index, 2, records));
+    }
+}
+
+/// RocksDB size estimates and cache statistics, and pipeline `index`'s profile caches;
+/// cheap, but sampled rather than read per batch.
+pub fn record_store_stats(
+    metrics: &Metrics,
+    engine: &Engine,
+    last: &Mutex<StoreCounters>,
+    figures: &PipelineFigures,
+    index: usize,
+) {
+    metrics.state_cached_profiles.set(figures.set(
+        index,
+        0,
+        i64::try_from(engine.cached_profiles()).unwrap_or(i64::MAX),
+    ));
+    metrics.state_stored_profile_bytes.set(figures.set(
+        index,
+        1,
+        i64::try_from(engine.stored_profile_bytes()).unwrap_or(i64::MAX),
+    ));
     match engine.store().stats() {
         Ok(stats) => {
-            metrics
-                .state_block_cache_hits
-                .inc_by(stats.block_cache_hits.saturating_sub(last.hits));
-            metrics
-                .state_block_cache_misses
-                .inc_by(stats.block_cache_misses.saturating_sub(last.misses));
-            metrics
-                .state_write_stall
-                .inc_by(stats.write_stall_micros.saturating_sub(last.stall_micros) as f64 / 1e6);
-            *last = StoreCounters {
-                hits: stats.block_cache_hits,
-                misses: stats.block_cache_misses,
-                stall_micros: stats.write_stall_micros,
-            };
+            {
+                // Read and advanced under one lock: two pipelines reading the same
+                // cumulative figure must not both add the difference.
+                let mut last = last.lock().unwrap_or_else(PoisonError::into_inner);
+                metrics
+                    .state_block_cache_hits
+                    .inc_by(stats.block_cache_hits.saturating_sub(last.hits));
+                metrics
+                    .state_block_cache_misses
+                    .inc_by(stats.block_cache_misses.saturating_sub(last.misses));
+                metrics.state_write_stall.inc_by(
+                    stats.write_stall_micros.saturating_sub(last.stall_micros) as f64 / 1e6,
+                );
+                *last = StoreCounters {
+                    hits: stats.block_cache_hits.max(last.hits),
+                    misses: stats.block_cache_misses.max(last.misses),
+                    stall_micros: stats.write_stall_micros.max(last.stall_micros),
+                };
+            }
             metrics.state_live_data.set(stats.live_data_bytes as i64);
             metrics.state_users.set(stats.profiles_estimate as i64);
-            metrics
-                .state_cached_profiles
-                .set(engine.cached_profiles() as i64);
-            metrics
-                .state_stored_profile_bytes
-                .set(engine.stored_profile_bytes() as i64);
             metrics
                 .state_compaction_pending
                 .set(stats.compaction_pending_bytes as i64);
@@ -133,4 +182,24 @@ pub fn record_store_stats(metrics: &Metrics, engine: &Engine, last: &mut StoreCo
 /// Mirrors `/health/readyz` into `rekindle_health_ready`, so alerts can use it.
 pub fn record_readiness(metrics: &Metrics, health: &Health) {
     metrics.ready.set(i64::from(health.readiness().is_ok()));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each pipeline reports its own figure; the gauge shows their sum, however often and
+    /// in whatever order they report.
+    #[test]
+    fn the_pipelines_figures_add_up() {
+        let metrics = Metrics::new().expect("metrics");
+        let figures = PipelineFigures::new(2);
+        figures.in_flight(&metrics, 0, 5);
+        figures.in_flight(&metrics, 1, 7);
+        assert_eq!(metrics.producer_in_flight.get(), 12);
+        figures.in_flight(&metrics, 0, 1);
+        assert_eq!(metrics.producer_in_flight.get(), 8);
+        figures.in_flight(&metrics, 1, 0);
+        assert_eq!(metrics.producer_in_flight.get(), 1);
+    }
 }

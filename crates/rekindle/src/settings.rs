@@ -16,6 +16,8 @@ use serde::Deserialize;
 use crate::security::SecurityConfig;
 
 pub const DEFAULTS: &str = include_str!("defaults.toml");
+/// More pipelines than this in one process is a configuration mistake (a pod's cores).
+const MAX_PIPELINE_THREADS: usize = 64;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -126,6 +128,11 @@ pub struct PipelineConfig {
     /// What a commit holds grows with the profiles it changed, not with its records: this
     /// bound keeps its memory the same whether a few users are very active or many are.
     pub commit_max_profiles: usize,
+    /// Pipelines in one worker process, each on a thread of its own: its own consumer
+    /// (a member of the group), engine and producer, all sharing the RocksDB store and
+    /// the HTTP endpoint. One engine uses one core; more pipelines use more of a pod's
+    /// cores, as more pods would.
+    pub threads: usize,
     /// After SIGTERM, how long the batch in flight may take before the worker exits
     /// without committing it.
     #[serde(with = "humantime_serde")]
@@ -202,6 +209,12 @@ impl Settings {
         if self.pipeline.commit_max_profiles == 0 {
             return fail("pipeline.commit_max_profiles", "must be at least 1");
         }
+        if !(1..=MAX_PIPELINE_THREADS).contains(&self.pipeline.threads) {
+            return fail(
+                "pipeline.threads",
+                &format!("must be between 1 and {MAX_PIPELINE_THREADS}"),
+            );
+        }
         let tick = self.clock.tick_interval;
         if !tick.is_zero() && tick < Duration::from_millis(10) {
             return fail("clock.tick_interval", "must be 0 (off) or at least 10ms");
@@ -269,6 +282,19 @@ impl Settings {
         self.kafka
             .exactly_once
             .then(|| format!("{}-{instance}", self.kafka.group_id))
+    }
+
+    /// The settings of pipeline `index` of this worker: the first joins the group as the
+    /// worker does with one pipeline; each other one needs a static-membership id of its
+    /// own (two members with one id fence each other), and so a transactional id of its own.
+    pub fn for_pipeline(&self, index: usize) -> Settings {
+        let mut settings = self.clone();
+        if index > 0 {
+            if let Some(id) = settings.kafka.group_instance_id.as_mut() {
+                *id = format!("{id}-{index}");
+            }
+        }
+        settings
     }
 
     /// The changelog topic, when the changelog is on.
@@ -471,5 +497,36 @@ mod tests {
             err.to_string().contains("pipeline.commit_max_profiles"),
             "{err}"
         );
+        let err = with_file("[pipeline]\nthreads = 0\n").expect_err("no pipeline");
+        assert!(err.to_string().contains("pipeline.threads"), "{err}");
+        with_file("[pipeline]\nthreads = 2\n").expect("two pipelines");
+    }
+
+    /// Each pipeline of a worker is a member of the group: with static membership each
+    /// needs an id of its own, and in exactly-once mode a transactional id of its own,
+    /// while the first keeps the worker's, as with one pipeline.
+    #[test]
+    fn pipelines_after_the_first_join_under_ids_of_their_own() {
+        let s = with_file(
+            "[kafka]\ngroup_instance_id = \"pod-0\"\nexactly_once = true\n[pipeline]\nthreads = 3\n",
+        )
+        .expect("valid");
+        let ids: Vec<(Option<String>, Option<String>)> = (0..3)
+            .map(|i| {
+                let p = s.for_pipeline(i);
+                (p.kafka.group_instance_id.clone(), p.transactional_id())
+            })
+            .collect();
+        let group = &s.kafka.group_id;
+        assert_eq!(
+            ids,
+            [
+                (Some("pod-0".into()), Some(format!("{group}-pod-0"))),
+                (Some("pod-0-1".into()), Some(format!("{group}-pod-0-1"))),
+                (Some("pod-0-2".into()), Some(format!("{group}-pod-0-2"))),
+            ]
+        );
+        let dynamic = with_file("[pipeline]\nthreads = 2\n").expect("valid");
+        assert_eq!(dynamic.for_pipeline(1).kafka.group_instance_id, None);
     }
 }
