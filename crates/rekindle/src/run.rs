@@ -217,9 +217,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     // The first failure stops the others: each finishes and commits its batch, as after
     // SIGTERM, within the grace period; the worker then exits with the failure.
     let mut failure: Option<anyhow::Error> = None;
-    while let Some(joined) = match failure {
+    let mut stopping_by: Option<tokio::time::Instant> = None;
+    while let Some(joined) = match stopping_by {
         None => running.join_next().await,
-        Some(_) => tokio::time::timeout(grace, running.join_next())
+        Some(by) => tokio::time::timeout_at(by, running.join_next())
             .await
             .unwrap_or_default(),
     } {
@@ -228,6 +229,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             .and_then(|r| r);
         if let Err(e) = result {
             let _ = shutdown_tx.send(true);
+            stopping_by.get_or_insert_with(|| tokio::time::Instant::now() + grace);
             if failure.is_none() {
                 failure = Some(e);
             } else {
