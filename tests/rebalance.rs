@@ -175,6 +175,136 @@ fn a_killed_worker_and_an_empty_joiner_with_two_pipelines_each_give_the_same_tri
     killed_worker_and_empty_joiner(2);
 }
 
+/// A static member stopped mid-stream and restarted with two pipelines (the second joins
+/// under its own id, `w1-1`): the group spreads the member's partitions over both, each
+/// resumes its partitions from the state the first run left in the shared store, and the
+/// triggers and profiles equal replay's, with no partition owned twice at once.
+///
+/// The mock cluster's coordinator gathers both pipelines into one assignment, so no
+/// partition moves from one pipeline to the other while it runs; tansu's start-up does
+/// that (see docs/performance.md, "Pipelines"), and the claims' unit tests cover the
+/// hand-over.
+#[test]
+fn a_static_member_restarted_with_two_pipelines_resumes_every_partition_from_its_state() {
+    let mock = MockCluster::new(1).expect("mock cluster");
+    let brokers = mock.bootstrap_servers();
+    let changelog = format!("{GROUP}.changelog");
+    for (topic, partitions) in [
+        ("activity", PARTITIONS as i32),
+        ("triggers", 2),
+        (DEAD_LETTERS, 1),
+        (changelog.as_str(), PARTITIONS as i32),
+    ] {
+        mock.create_topic(topic, partitions, 1).expect("topic");
+    }
+    let t0 = (now_ms() - 60 * DAY).div_euclid(DAY) * DAY;
+    let events = scripted(12_000, t0, 13);
+    let until = now_ms();
+    produce(
+        &brokers,
+        "activity",
+        &avro_payloads(&events),
+        Batching::OnePerBatch,
+    );
+    let (_reference, replay_state, expected) = replay_reference(&events, until);
+
+    let mut dir = tempfile::tempdir().expect("temp dir");
+    dir.disable_cleanup(std::env::var_os("REKINDLE_TEST_KEEP").is_some());
+    eprintln!("worker directory: {}", dir.path().display());
+    let config = write_config_with(
+        dir.path(),
+        &brokers,
+        "activity",
+        "triggers",
+        GROUP,
+        &WorkerOptions {
+            kafka: "group_instance_id = \"w1\"",
+            ..WorkerOptions::default()
+        },
+    );
+    let log = dir.path().join("worker.log");
+    let mut reader = TriggerReader::new(&brokers, "triggers");
+    let ids = |r: &TriggerReader| -> BTreeSet<String> {
+        r.delivered.iter().map(|d| d.trigger_id.clone()).collect()
+    };
+    let one = Worker::start_with_env(&config, &log, &[("REKINDLE__PIPELINE__THREADS", "1")]);
+    reader.read_until(Duration::from_secs(120), |d| d.len() >= expected.len() / 5);
+    let status = one.stop();
+    assert!(status.success(), "the first run exited with {status}");
+    let at_restart = ids(&reader).len();
+    assert!(
+        at_restart < expected.len() / 2,
+        "the restart must come mid-stream"
+    );
+    let two = Worker::start_with_env(&config, &log, &[("REKINDLE__PIPELINE__THREADS", "2")]);
+    reader.read_until(Duration::from_secs(240), |d| {
+        d.iter()
+            .map(|t| &t.trigger_id)
+            .collect::<BTreeSet<_>>()
+            .len()
+            >= expected.len()
+    });
+    reader.read_for(Duration::from_secs(3));
+    let status = two.stop();
+    assert!(status.success(), "the second run exited with {status}");
+
+    let delivered = ids(&reader);
+    let missing: Vec<_> = expected.difference(&delivered).take(5).collect();
+    let extra: Vec<_> = delivered.difference(&expected).take(5).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "missing {missing:?}, extra {extra:?}"
+    );
+
+    let owners = ownership(&[("w1", log.as_path(), None)]);
+    let mut second_run: BTreeMap<String, usize> = BTreeMap::new();
+    for (partition, mut spans) in owners {
+        spans.sort();
+        for pair in spans.windows(2) {
+            let ((_, earlier_to, earlier), (later_from, _, later)) = (&pair[0], &pair[1]);
+            assert!(
+                later_from > earlier_to,
+                "partition {partition} had two owners: {later} took it at {later_from} while \
+                 {earlier} held it until {earlier_to}"
+            );
+        }
+        for (_, _, owner) in spans.iter().filter(|(_, _, o)| o.contains("pipeline")) {
+            *second_run.entry(owner.clone()).or_default() += 1;
+        }
+    }
+    eprintln!("partitions per pipeline after the restart: {second_run:?}");
+    assert_eq!(
+        second_run.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["w1/pipeline 0", "w1/pipeline 1"],
+        "both pipelines owned partitions"
+    );
+    let resumed: Vec<serde_json::Value> = log_lines(&log, ASSIGNED)
+        .into_iter()
+        .filter(|l| l.to_string().contains("pipeline"))
+        .collect();
+    for line in &resumed {
+        let resume_at = line["resume_at"].as_str().unwrap_or_default();
+        assert!(
+            !resume_at.contains("None"),
+            "a partition of the restarted worker started without state: {line}"
+        );
+    }
+
+    let live = live_activity(&[dir.path()]);
+    let replayed = replayed_activity(&replay_state);
+    assert_eq!(live.len(), replayed.len(), "users");
+    let differing: Vec<_> = replayed
+        .iter()
+        .filter(|(u, a)| live.get(*u) != Some(a))
+        .map(|(u, _)| u)
+        .take(5)
+        .collect();
+    assert!(
+        differing.is_empty(),
+        "profiles differ from replay: {differing:?}"
+    );
+}
+
 fn killed_worker_and_empty_joiner(threads: usize) {
     let threads = threads.to_string();
     let env = [("REKINDLE__PIPELINE__THREADS", threads.as_str())];
@@ -199,36 +329,7 @@ fn killed_worker_and_empty_joiner(threads: usize) {
         Batching::OnePerBatch,
     );
 
-    // The reference: replay of the same events with the same rules, state kept.
-    let reference = tempfile::tempdir().expect("temp dir");
-    let input = reference.path().join("events.jsonl");
-    write_replay_file(&input, &events);
-    let rules = write_lapsed_only_config(reference.path());
-    let replay_state = reference.path().join("state");
-    let output = std::process::Command::new(rekindle_binary())
-        .args([
-            "--config",
-            rules.to_str().expect("path"),
-            "replay",
-            "--input",
-        ])
-        .arg(&input)
-        .args(["--until-ms", &until.to_string(), "--state-dir"])
-        .arg(&replay_state)
-        .output()
-        .expect("replay");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let expected: BTreeSet<String> = String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).expect("json");
-            v["trigger_id"].as_str().expect("trigger_id").to_string()
-        })
-        .collect();
+    let (_reference, replay_state, expected) = replay_reference(&events, until);
     assert!(expected.len() > 5_000, "{} triggers", expected.len());
 
     let members: Vec<Member> = ["w1", "w2", "w3", "w4"]
@@ -331,13 +432,7 @@ fn killed_worker_and_empty_joiner(threads: usize) {
         .map(|i| members[*i].dir.path())
         .collect();
     let live = live_activity(&dirs);
-    let replayed: BTreeMap<String, Activity> = Store::open_read_only(&replay_state)
-        .expect("replay state")
-        .profiles(0)
-        .expect("profiles")
-        .into_iter()
-        .map(|(u, p)| (u, activity(&p)))
-        .collect();
+    let replayed = replayed_activity(&replay_state);
     assert_eq!(live.len(), replayed.len(), "users");
     let differing: Vec<_> = replayed
         .iter()
@@ -349,4 +444,53 @@ fn killed_worker_and_empty_joiner(threads: usize) {
         differing.is_empty(),
         "profiles differ from replay: {differing:?}"
     );
+}
+
+/// The reference: replay of the same events with the same rules, state kept. Returns the
+/// directory holding it, the replay's state directory and its trigger ids.
+fn replay_reference(
+    events: &[rekindle_events::ActivityEvent],
+    until: i64,
+) -> (tempfile::TempDir, PathBuf, BTreeSet<String>) {
+    let reference = tempfile::tempdir().expect("temp dir");
+    let input = reference.path().join("events.jsonl");
+    write_replay_file(&input, events);
+    let rules = write_lapsed_only_config(reference.path());
+    let replay_state = reference.path().join("state");
+    let output = std::process::Command::new(rekindle_binary())
+        .args([
+            "--config",
+            rules.to_str().expect("path"),
+            "replay",
+            "--input",
+        ])
+        .arg(&input)
+        .args(["--until-ms", &until.to_string(), "--state-dir"])
+        .arg(&replay_state)
+        .output()
+        .expect("replay");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let expected: BTreeSet<String> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("json");
+            v["trigger_id"].as_str().expect("trigger_id").to_string()
+        })
+        .collect();
+    (reference, replay_state, expected)
+}
+
+/// Every user's activity in the replay's state.
+fn replayed_activity(replay_state: &Path) -> BTreeMap<String, Activity> {
+    Store::open_read_only(replay_state)
+        .expect("replay state")
+        .profiles(0)
+        .expect("profiles")
+        .into_iter()
+        .map(|(u, p)| (u, activity(&p)))
+        .collect()
 }
