@@ -100,9 +100,16 @@ pub struct StoreCounters {
 
 /// What each pipeline's own engine and producer hold, summed into the worker's gauges.
 pub struct PipelineFigures {
-    /// Per pipeline: cached profiles, stored profile bytes, records in flight.
+    /// Per pipeline, indexed by the figures below.
     slots: Vec<[AtomicI64; 3]>,
 }
+
+/// Decoded profiles the pipeline's engine holds.
+const CACHED_PROFILES: usize = 0;
+/// Bytes of the stored forms the pipeline's engine holds.
+const STORED_PROFILE_BYTES: usize = 1;
+/// Records the pipeline's producer has not had acknowledged.
+const IN_FLIGHT: usize = 2;
 
 impl PipelineFigures {
     pub fn new(pipelines: usize) -> PipelineFigures {
@@ -125,7 +132,9 @@ impl PipelineFigures {
 
     /// Pipeline `index`'s producer holds `records` unacknowledged.
     pub fn in_flight(&self, metrics: &Metrics, index: usize, records: i64) {
-        metrics.producer_in_flight.set(self.set(index, 2, records));
+        metrics
+            .producer_in_flight
+            .set(self.set(index, IN_FLIGHT, records));
     }
 }
 
@@ -140,12 +149,12 @@ pub fn record_store_stats(
 ) {
     metrics.state_cached_profiles.set(figures.set(
         index,
-        0,
+        CACHED_PROFILES,
         i64::try_from(engine.cached_profiles()).unwrap_or(i64::MAX),
     ));
     metrics.state_stored_profile_bytes.set(figures.set(
         index,
-        1,
+        STORED_PROFILE_BYTES,
         i64::try_from(engine.stored_profile_bytes()).unwrap_or(i64::MAX),
     ));
     match engine.store().stats() {
