@@ -186,27 +186,13 @@ fn a_killed_worker_and_an_empty_joiner_with_two_pipelines_each_give_the_same_tri
 /// hand-over.
 #[test]
 fn a_static_member_restarted_with_two_pipelines_resumes_every_partition_from_its_state() {
-    let mock = MockCluster::new(1).expect("mock cluster");
-    let brokers = mock.bootstrap_servers();
-    let changelog = format!("{GROUP}.changelog");
-    for (topic, partitions) in [
-        ("activity", PARTITIONS as i32),
-        ("triggers", 2),
-        (DEAD_LETTERS, 1),
-        (changelog.as_str(), PARTITIONS as i32),
-    ] {
-        mock.create_topic(topic, partitions, 1).expect("topic");
-    }
-    let t0 = (now_ms() - 60 * DAY).div_euclid(DAY) * DAY;
-    let events = scripted(12_000, t0, 13);
-    let until = now_ms();
-    produce(
-        &brokers,
-        "activity",
-        &avro_payloads(&events),
-        Batching::OnePerBatch,
-    );
-    let (_reference, replay_state, expected) = replay_reference(&events, until);
+    let Setup {
+        _mock,
+        brokers,
+        _reference,
+        replay_state,
+        expected,
+    } = setup(13);
 
     let mut dir = tempfile::tempdir().expect("temp dir");
     dir.disable_cleanup(std::env::var_os("REKINDLE_TEST_KEEP").is_some());
@@ -248,30 +234,16 @@ fn a_static_member_restarted_with_two_pipelines_resumes_every_partition_from_its
     let status = two.stop();
     assert!(status.success(), "the second run exited with {status}");
 
-    let delivered = ids(&reader);
-    let missing: Vec<_> = expected.difference(&delivered).take(5).collect();
-    let extra: Vec<_> = delivered.difference(&expected).take(5).collect();
-    assert!(
-        missing.is_empty() && extra.is_empty(),
-        "missing {missing:?}, extra {extra:?}"
-    );
+    assert_same_ids(&expected, &ids(&reader));
 
     let owners = ownership(&[("w1", log.as_path(), None)]);
     let mut second_run: BTreeMap<String, usize> = BTreeMap::new();
-    for (partition, mut spans) in owners {
-        spans.sort();
-        for pair in spans.windows(2) {
-            let ((_, earlier_to, earlier), (later_from, _, later)) = (&pair[0], &pair[1]);
-            assert!(
-                later_from > earlier_to,
-                "partition {partition} had two owners: {later} took it at {later_from} while \
-                 {earlier} held it until {earlier_to}"
-            );
-        }
+    for spans in owners.values() {
         for (_, _, owner) in spans.iter().filter(|(_, _, o)| o.contains("pipeline")) {
             *second_run.entry(owner.clone()).or_default() += 1;
         }
     }
+    assert_one_owner_at_a_time(owners);
     eprintln!("partitions per pipeline after the restart: {second_run:?}");
     assert_eq!(
         second_run.keys().map(String::as_str).collect::<Vec<_>>(),
@@ -290,46 +262,19 @@ fn a_static_member_restarted_with_two_pipelines_resumes_every_partition_from_its
         );
     }
 
-    let live = live_activity(&[dir.path()]);
-    let replayed = replayed_activity(&replay_state);
-    assert_eq!(live.len(), replayed.len(), "users");
-    let differing: Vec<_> = replayed
-        .iter()
-        .filter(|(u, a)| live.get(*u) != Some(a))
-        .map(|(u, _)| u)
-        .take(5)
-        .collect();
-    assert!(
-        differing.is_empty(),
-        "profiles differ from replay: {differing:?}"
-    );
+    assert_same_activity(&[dir.path()], &replay_state);
 }
 
 fn killed_worker_and_empty_joiner(threads: usize) {
     let threads = threads.to_string();
     let env = [("REKINDLE__PIPELINE__THREADS", threads.as_str())];
-    let mock = MockCluster::new(1).expect("mock cluster");
-    let brokers = mock.bootstrap_servers();
-    let changelog = format!("{GROUP}.changelog");
-    for (topic, partitions) in [
-        ("activity", PARTITIONS as i32),
-        ("triggers", 2),
-        (DEAD_LETTERS, 1),
-        (changelog.as_str(), PARTITIONS as i32),
-    ] {
-        mock.create_topic(topic, partitions, 1).expect("topic");
-    }
-    let t0 = (now_ms() - 60 * DAY).div_euclid(DAY) * DAY;
-    let events = scripted(12_000, t0, 12);
-    let until = now_ms();
-    produce(
-        &brokers,
-        "activity",
-        &avro_payloads(&events),
-        Batching::OnePerBatch,
-    );
-
-    let (_reference, replay_state, expected) = replay_reference(&events, until);
+    let Setup {
+        _mock,
+        brokers,
+        _reference,
+        replay_state,
+        expected,
+    } = setup(12);
     assert!(expected.len() > 5_000, "{} triggers", expected.len());
 
     let members: Vec<Member> = ["w1", "w2", "w3", "w4"]
@@ -384,32 +329,14 @@ fn killed_worker_and_empty_joiner(threads: usize) {
         delivered.len(),
         reader.delivered.len()
     );
-    let missing: Vec<_> = expected.difference(&delivered).take(5).collect();
-    let extra: Vec<_> = delivered.difference(&expected).take(5).collect();
-    assert!(
-        missing.is_empty() && extra.is_empty(),
-        "missing {missing:?}, extra {extra:?}"
-    );
+    assert_same_ids(&expected, &delivered);
 
     let logs: Vec<(&str, &Path, Option<jiff::Timestamp>)> = ["w1", "w2", "w3", "w4"]
         .iter()
         .zip(&members)
         .map(|(name, m)| (*name, m.log.as_path(), (*name == "w2").then_some(killed_at)))
         .collect();
-    let owners = ownership(&logs);
-    let mut moves = 0;
-    for (partition, mut spans) in owners {
-        spans.sort();
-        moves += spans.len() - 1;
-        for pair in spans.windows(2) {
-            let ((_, earlier_to, earlier), (later_from, _, later)) = (&pair[0], &pair[1]);
-            assert!(
-                later_from > earlier_to,
-                "partition {partition} had two owners: {later} took it at {later_from} while \
-                 {earlier} held it until {earlier_to}"
-            );
-        }
-    }
+    let moves = assert_one_owner_at_a_time(ownership(&logs));
     eprintln!("{moves} partition moves, none with two owners at once");
     assert!(moves > 0, "partitions moved");
 
@@ -431,19 +358,7 @@ fn killed_worker_and_empty_joiner(threads: usize) {
         .iter()
         .map(|i| members[*i].dir.path())
         .collect();
-    let live = live_activity(&dirs);
-    let replayed = replayed_activity(&replay_state);
-    assert_eq!(live.len(), replayed.len(), "users");
-    let differing: Vec<_> = replayed
-        .iter()
-        .filter(|(u, a)| live.get(*u) != Some(a))
-        .map(|(u, _)| u)
-        .take(5)
-        .collect();
-    assert!(
-        differing.is_empty(),
-        "profiles differ from replay: {differing:?}"
-    );
+    assert_same_activity(&dirs, &replay_state);
 }
 
 /// The reference: replay of the same events with the same rules, state kept. Returns the
@@ -484,13 +399,95 @@ fn replay_reference(
     (reference, replay_state, expected)
 }
 
-/// Every user's activity in the replay's state.
-fn replayed_activity(replay_state: &Path) -> BTreeMap<String, Activity> {
-    Store::open_read_only(replay_state)
+/// A mock cluster with the test's topics, the activity topic loaded with 12,000 users'
+/// scripted histories (one record per batch), and what replay makes of them.
+struct Setup {
+    _mock: MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    brokers: String,
+    _reference: tempfile::TempDir,
+    replay_state: PathBuf,
+    expected: BTreeSet<String>,
+}
+
+fn setup(seed: u64) -> Setup {
+    let mock = MockCluster::new(1).expect("mock cluster");
+    let brokers = mock.bootstrap_servers();
+    let changelog = format!("{GROUP}.changelog");
+    for (topic, partitions) in [
+        ("activity", PARTITIONS as i32),
+        ("triggers", 2),
+        (DEAD_LETTERS, 1),
+        (changelog.as_str(), PARTITIONS as i32),
+    ] {
+        mock.create_topic(topic, partitions, 1).expect("topic");
+    }
+    let t0 = (now_ms() - 60 * DAY).div_euclid(DAY) * DAY;
+    let events = scripted(12_000, t0, seed);
+    let until = now_ms();
+    produce(
+        &brokers,
+        "activity",
+        &avro_payloads(&events),
+        Batching::OnePerBatch,
+    );
+    let (reference, replay_state, expected) = replay_reference(&events, until);
+    Setup {
+        _mock: mock,
+        brokers,
+        _reference: reference,
+        replay_state,
+        expected,
+    }
+}
+
+fn assert_same_ids(expected: &BTreeSet<String>, delivered: &BTreeSet<String>) {
+    let missing: Vec<_> = expected.difference(delivered).take(5).collect();
+    let extra: Vec<_> = delivered.difference(expected).take(5).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "missing {missing:?}, extra {extra:?}"
+    );
+}
+
+/// Asserts that no partition had two owners at once; returns the partitions' moves.
+fn assert_one_owner_at_a_time(
+    owners: BTreeMap<u32, Vec<(jiff::Timestamp, jiff::Timestamp, String)>>,
+) -> usize {
+    let mut moves = 0;
+    for (partition, mut spans) in owners {
+        spans.sort();
+        moves += spans.len() - 1;
+        for pair in spans.windows(2) {
+            let ((_, earlier_to, earlier), (later_from, _, later)) = (&pair[0], &pair[1]);
+            assert!(
+                later_from > earlier_to,
+                "partition {partition} had two owners: {later} took it at {later_from} while \
+                 {earlier} held it until {earlier_to}"
+            );
+        }
+    }
+    moves
+}
+
+/// Asserts that every user's activity in the stores of `dirs` equals replay's.
+fn assert_same_activity(dirs: &[&Path], replay_state: &Path) {
+    let live = live_activity(dirs);
+    let replayed: BTreeMap<String, Activity> = Store::open_read_only(replay_state)
         .expect("replay state")
         .profiles(0)
         .expect("profiles")
         .into_iter()
         .map(|(u, p)| (u, activity(&p)))
-        .collect()
+        .collect();
+    assert_eq!(live.len(), replayed.len(), "users");
+    let differing: Vec<_> = replayed
+        .iter()
+        .filter(|(u, a)| live.get(*u) != Some(a))
+        .map(|(u, _)| u)
+        .take(5)
+        .collect();
+    assert!(
+        differing.is_empty(),
+        "profiles differ from replay: {differing:?}"
+    );
 }
