@@ -16,8 +16,8 @@ use support::histories::{
     assert_same_episodes, avro_payloads, expected, scripted, write_replay_file,
 };
 use support::worker::{
-    http_get, log_lines, read_topic, replay, write_config_with, TriggerReader, Worker,
-    WorkerOptions, DEAD_LETTERS, LAPSED_ONLY,
+    http_get, log_lines, read_topic, replayed_trigger_ids, write_config_with, TriggerReader,
+    Worker, WorkerOptions, DEAD_LETTERS, LAPSED_ONLY,
 };
 
 const SHADOW_EXPERIMENT: &str = r#"
@@ -136,15 +136,8 @@ fn live_run_emits_exactly_the_expected_triggers_and_matches_replay() {
 
     let replay_input = dir.path().join("histories.jsonl");
     write_replay_file(&replay_input, &events);
-    let replayed: BTreeSet<String> = replay(Some(&config), &replay_input, until)
-        .iter()
-        .map(|v| v["trigger_id"].as_str().expect("trigger_id").to_string())
-        .collect();
-    let live: BTreeSet<String> = reader
-        .delivered
-        .iter()
-        .map(|d| d.trigger_id.clone())
-        .collect();
+    let replayed = replayed_trigger_ids(Some(&config), &replay_input, until);
+    let live = reader.trigger_ids();
     assert_eq!(replayed.len(), expected.len());
     assert_eq!(
         replayed, live,

@@ -18,45 +18,31 @@ use support::histories::{
     assert_same_episodes, avro_payloads, expected, scripted, write_replay_file,
 };
 use support::worker::{
-    log_lines, replay, write_config_with, TriggerReader, Worker, WorkerOptions, DEAD_LETTERS,
+    log_lines, log_partitions, log_pipeline, replayed_trigger_ids, write_config_with,
+    TriggerReader, Worker, WorkerOptions, ASSIGNED, DEAD_LETTERS, REVOKED,
 };
 use support::{now_ms, DAY};
 
 const PARTITIONS: u32 = 4;
 
-/// The pipeline a log line was written by (its `pipeline` span).
-fn pipeline_of(line: &serde_json::Value) -> Option<u64> {
-    line["spans"]
-        .as_array()?
-        .iter()
-        .find(|s| s["name"] == "pipeline")?["n"]
-        .as_u64()
-}
-
 /// Each pipeline's partitions as the log tells them so far (assignments add, revocations
 /// remove).
-fn holdings(log: &std::path::Path) -> BTreeMap<u64, BTreeSet<u64>> {
+fn holdings(log: &std::path::Path) -> BTreeMap<u64, BTreeSet<u32>> {
     let text = std::fs::read_to_string(log).unwrap_or_default();
-    let mut held: BTreeMap<u64, BTreeSet<u64>> = BTreeMap::new();
+    let mut held: BTreeMap<u64, BTreeSet<u32>> = BTreeMap::new();
     for line in text
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
     {
         let message = line["message"].as_str().unwrap_or_default();
-        let assigned = message.starts_with("partitions assigned");
-        if !assigned && message != "partitions revoked" {
+        let assigned = message == ASSIGNED;
+        if !assigned && message != REVOKED {
             continue;
         }
-        let Some(pipeline) = pipeline_of(&line) else {
+        let Some(pipeline) = log_pipeline(&line) else {
             continue;
         };
-        let partitions: Vec<u64> = line["partitions"]
-            .as_str()
-            .unwrap_or_default()
-            .trim_matches(|c| c == '[' || c == ']')
-            .split(',')
-            .filter_map(|p| p.trim().parse().ok())
-            .collect();
+        let partitions = log_partitions(&line);
         let entry = held.entry(pipeline).or_default();
         for p in partitions {
             if assigned {
@@ -122,30 +108,17 @@ fn two_pipelines_in_one_worker_deliver_exactly_the_expected_triggers() {
     produce_ticks(&broker.address, "activity", PARTITIONS as i32, until);
 
     let mut reader = TriggerReader::new(&broker.address, "triggers");
-    reader.read_until(Duration::from_secs(180), |d| {
-        d.iter()
-            .map(|t| t.trigger_id.as_str())
-            .collect::<BTreeSet<_>>()
-            .len()
-            >= expected.len()
-    });
+    reader.read_until_ids(Duration::from_secs(180), expected.len());
     reader.read_for(Duration::from_secs(3));
     let status = worker.stop();
     assert!(status.success(), "worker exited with {status}");
 
     let got: BTreeSet<_> = reader.delivered.iter().map(|d| d.episode()).collect();
     assert_same_episodes(&expected, &got);
-    let live: BTreeSet<String> = reader
-        .delivered
-        .iter()
-        .map(|d| d.trigger_id.clone())
-        .collect();
+    let live = reader.trigger_ids();
     let replay_input = dir.path().join("histories.jsonl");
     write_replay_file(&replay_input, &events);
-    let replayed: BTreeSet<String> = replay(Some(&config), &replay_input, until)
-        .iter()
-        .map(|v| v["trigger_id"].as_str().expect("trigger_id").to_string())
-        .collect();
+    let replayed = replayed_trigger_ids(Some(&config), &replay_input, until);
     assert_eq!(
         replayed, live,
         "replay and the two pipelines agree on trigger ids"
@@ -154,7 +127,7 @@ fn two_pipelines_in_one_worker_deliver_exactly_the_expected_triggers() {
     let stopped = log_lines(&log, "worker stopped");
     let by_pipeline: BTreeMap<u64, u64> = stopped
         .iter()
-        .filter_map(|l| Some((pipeline_of(l)?, l["events"].as_u64()?)))
+        .filter_map(|l| Some((log_pipeline(l)?, l["events"].as_u64()?)))
         .collect();
     assert_eq!(
         by_pipeline.keys().copied().collect::<Vec<_>>(),

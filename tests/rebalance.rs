@@ -27,8 +27,9 @@ use rekindle_state::Store;
 use support::broker::{produce, Batching};
 use support::histories::{avro_payloads, scripted, write_replay_file};
 use support::worker::{
-    log_lines, rekindle_binary, write_config_with, write_lapsed_only_config, TriggerReader, Worker,
-    WorkerOptions, DEAD_LETTERS,
+    log_lines, log_partitions, log_pipeline, rekindle_binary, write_config_with,
+    write_lapsed_only_config, TriggerReader, Worker, WorkerOptions, ASSIGNED, DEAD_LETTERS,
+    REVOKED,
 };
 use support::{now_ms, DAY};
 
@@ -96,9 +97,6 @@ fn live_activity(dirs: &[&Path]) -> BTreeMap<String, Activity> {
     users
 }
 
-const ASSIGNED: &str = "partitions assigned (offsets from state; None: group offset)";
-const REVOKED: &str = "partitions revoked";
-
 fn log_time(line: &serde_json::Value) -> jiff::Timestamp {
     line["timestamp"]
         .as_str()
@@ -106,22 +104,9 @@ fn log_time(line: &serde_json::Value) -> jiff::Timestamp {
         .expect("log timestamp")
 }
 
-fn log_partitions(line: &serde_json::Value) -> Vec<u32> {
-    line["partitions"]
-        .as_str()
-        .and_then(|p| serde_json::from_str(p).ok())
-        .expect("partition list")
-}
-
 /// The owner a log line speaks for: the worker, and its pipeline when it runs several.
 fn log_owner(worker: &str, line: &serde_json::Value) -> String {
-    let pipeline = line["spans"].as_array().and_then(|spans| {
-        spans
-            .iter()
-            .find(|s| s["name"] == "pipeline")
-            .and_then(|s| s["n"].as_u64())
-    });
-    match pipeline {
+    match log_pipeline(line) {
         Some(n) => format!("{worker}/pipeline {n}"),
         None => worker.to_string(),
     }
@@ -210,31 +195,22 @@ fn a_static_member_restarted_with_two_pipelines_resumes_every_partition_from_its
     );
     let log = dir.path().join("worker.log");
     let mut reader = TriggerReader::new(&brokers, "triggers");
-    let ids = |r: &TriggerReader| -> BTreeSet<String> {
-        r.delivered.iter().map(|d| d.trigger_id.clone()).collect()
-    };
     let one = Worker::start_with_env(&config, &log, &[("REKINDLE__PIPELINE__THREADS", "1")]);
     reader.read_until(Duration::from_secs(120), |d| d.len() >= expected.len() / 5);
     let status = one.stop();
     assert!(status.success(), "the first run exited with {status}");
-    let at_restart = ids(&reader).len();
+    let at_restart = reader.trigger_ids().len();
     assert!(
         at_restart < expected.len() / 2,
         "the restart must come mid-stream"
     );
     let two = Worker::start_with_env(&config, &log, &[("REKINDLE__PIPELINE__THREADS", "2")]);
-    reader.read_until(Duration::from_secs(240), |d| {
-        d.iter()
-            .map(|t| &t.trigger_id)
-            .collect::<BTreeSet<_>>()
-            .len()
-            >= expected.len()
-    });
+    reader.read_until_ids(Duration::from_secs(240), expected.len());
     reader.read_for(Duration::from_secs(3));
     let status = two.stop();
     assert!(status.success(), "the second run exited with {status}");
 
-    assert_same_ids(&expected, &ids(&reader));
+    assert_same_ids(&expected, &reader.trigger_ids());
 
     let owners = ownership(&[("w1", log.as_path(), None)]);
     let mut second_run: BTreeMap<String, usize> = BTreeMap::new();
@@ -286,11 +262,8 @@ fn killed_worker_and_empty_joiner(threads: usize) {
         .iter()
         .map(|m| Worker::start_with_env(&m.config, &m.log, &env))
         .collect();
-    let ids = |r: &TriggerReader| -> BTreeSet<String> {
-        r.delivered.iter().map(|d| d.trigger_id.clone()).collect()
-    };
     reader.read_until(Duration::from_secs(120), |d| d.len() >= expected.len() / 4);
-    let at_kill = ids(&reader).len();
+    let at_kill = reader.trigger_ids().len();
     assert!(
         at_kill < expected.len() / 2,
         "the kill must come mid-stream"
@@ -302,13 +275,7 @@ fn killed_worker_and_empty_joiner(threads: usize) {
         &members[3].log,
         &env,
     ));
-    reader.read_until(Duration::from_secs(240), |d| {
-        d.iter()
-            .map(|t| &t.trigger_id)
-            .collect::<BTreeSet<_>>()
-            .len()
-            >= expected.len()
-    });
+    reader.read_until_ids(Duration::from_secs(240), expected.len());
     reader.read_for(Duration::from_secs(3));
     for worker in running {
         let log = worker.log();
@@ -322,7 +289,7 @@ fn killed_worker_and_empty_joiner(threads: usize) {
             );
         }
     }
-    let delivered = ids(&reader);
+    let delivered = reader.trigger_ids();
     eprintln!(
         "{} expected, {} delivered ({} records), {at_kill} before the kill",
         expected.len(),

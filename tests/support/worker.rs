@@ -249,6 +249,41 @@ impl Worker {
 }
 
 /// JSON log lines of a worker whose `message` equals `message`.
+/// The worker's log message for a partition assignment.
+pub const ASSIGNED: &str = "partitions assigned (offsets from state; None: group offset)";
+/// The worker's log message for a partition revocation.
+pub const REVOKED: &str = "partitions revoked";
+
+/// The partitions an assignment or revocation log line names.
+pub fn log_partitions(line: &serde_json::Value) -> Vec<u32> {
+    line["partitions"]
+        .as_str()
+        .and_then(|p| serde_json::from_str(p).ok())
+        .expect("partition list")
+}
+
+/// The pipeline a log line was written by (its `pipeline` span), when the worker runs
+/// several.
+pub fn log_pipeline(line: &serde_json::Value) -> Option<u64> {
+    line["spans"]
+        .as_array()?
+        .iter()
+        .find(|s| s["name"] == "pipeline")?["n"]
+        .as_u64()
+}
+
+/// The trigger ids `rekindle replay` fires for `input` up to `until_ms`.
+pub fn replayed_trigger_ids(
+    config: Option<&Path>,
+    input: &Path,
+    until_ms: i64,
+) -> std::collections::BTreeSet<String> {
+    replay(config, input, until_ms)
+        .iter()
+        .map(|v| v["trigger_id"].as_str().expect("trigger_id").to_string())
+        .collect()
+}
+
 pub fn log_lines(log: &Path, message: &str) -> Vec<serde_json::Value> {
     std::fs::read_to_string(log)
         .unwrap_or_default()
@@ -409,6 +444,26 @@ impl TriggerReader {
         while Instant::now() < deadline && !done(&self.delivered) {
             self.poll_once();
         }
+    }
+
+    /// Polls until `count` distinct trigger ids were read (a trigger sent again after a
+    /// crash or a partition move counts once), or `timeout` passes.
+    pub fn read_until_ids(&mut self, timeout: Duration, count: usize) {
+        let mut ids = std::collections::BTreeSet::new();
+        let mut seen = 0;
+        self.read_until(timeout, |d| {
+            ids.extend(d[seen..].iter().map(|t| t.trigger_id.clone()));
+            seen = d.len();
+            ids.len() >= count
+        });
+    }
+
+    /// The distinct trigger ids read so far.
+    pub fn trigger_ids(&self) -> std::collections::BTreeSet<String> {
+        self.delivered
+            .iter()
+            .map(|d| d.trigger_id.clone())
+            .collect()
     }
 
     /// Polls for `period`, collecting whatever arrives.
