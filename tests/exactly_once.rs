@@ -1,18 +1,22 @@
 //! Exactly-once on librdkafka's mock cluster (it supports transactions and error injection;
 //! tansu does not support EndTxn). Each batch's triggers, changelog records and consumed
 //! offsets go out in one transaction. Injected errors: retriable ones at every transaction
-//! step, the trigger topic refused for 2 s of processing (every transaction then aborts),
-//! and three crashes at the worst point (the batch's triggers are in Kafka, nothing records
-//! it yet), each followed by a restart of the same static member. The read_committed view of
-//! the trigger topic must hold every expected trigger exactly once. A control run without
-//! transactions, crashed at its own worst point (triggers acknowledged, changelog not yet
-//! sent), shows the duplicates the check is there to catch.
+//! step, the trigger topic's authorization revoked for 2 s of processing (every transaction
+//! then aborts), and three crashes at the worst point (the batch's triggers are in Kafka,
+//! nothing records it yet), each followed by a restart of the same static member. The
+//! read_committed view of the trigger topic must hold every expected trigger exactly once. A
+//! control run without transactions, crashed at its own worst point (triggers acknowledged,
+//! changelog not yet sent), shows the duplicates the check is there to catch.
 //!
-//! The mock cluster does not write transaction markers, so a read_committed consumer would
-//! also see records of an aborted transaction. The injected aborts therefore refuse the
-//! trigger topic when the transaction adds it (nothing of those transactions reaches the
-//! log), which is what the worker's abort path must recover from; markers themselves are the
-//! broker's business.
+//! The mock cluster writes no transaction markers, so a read_committed consumer (the test's,
+//! and the worker's changelog restore) also sees whatever an aborted transaction wrote. The
+//! injected aborts therefore refuse adding partitions to the transaction, so that nothing of
+//! those transactions reaches the log, which is what the worker's abort path must recover
+//! from; markers themselves are the broker's business. The refusal covers every partition of
+//! the request, as Kafka answers a request naming an unauthorized topic (the others get
+//! OPERATION_NOT_ATTEMPTED). The mock's own topic error refuses only that topic's partitions
+//! and adds the rest: the changelog records of a transaction refused that way reached the
+//! log, and a restart restored state whose triggers were never delivered.
 
 mod support;
 
@@ -100,16 +104,19 @@ fn run(exactly_once: bool) -> Run {
     // Three crashes, each once a commit's triggers reached Kafka and before the local
     // commit: with transactions after the 4th commit (one per batch); without, after the
     // first, which holds every batch processed since the start (those that follow may
-    // hold only clock ticks). In the second round the trigger topic is refused
-    // (authorization revoked) for a while: every transaction in that time fails and is
-    // aborted, and its batch is processed again once the topic is back.
+    // hold only clock ticks). In the second round the trigger topic's authorization is
+    // revoked for a while: every transaction in that time fails to add its partitions and
+    // is aborted, and its batch is processed again once the topic is back.
     let mut crashes = 0;
     for round in 0..3 {
         let crash_at = if exactly_once { "4" } else { "1" };
         let mut worker = Worker::start_with_env(&config, &log, &[(CRASH, crash_at)]);
         if round == 1 && exactly_once {
-            mock.topic_error("triggers", RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED)
-                .expect("topic error");
+            // More refusals than transactions in the time; the rest are cleared below.
+            mock.request_errors(
+                RDKafkaApiKey::AddPartitionsToTxn,
+                &vec![RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 10_000],
+            );
             // Refused until transactions have failed on it for 2 s (the worker first has to
             // rejoin the group).
             let deadline = std::time::Instant::now() + Duration::from_secs(60);
@@ -117,8 +124,7 @@ fn run(exactly_once: bool) -> Run {
                 std::thread::sleep(Duration::from_millis(100));
             }
             std::thread::sleep(Duration::from_secs(2));
-            mock.topic_error("triggers", RD_KAFKA_RESP_ERR_NO_ERROR)
-                .expect("topic error cleared");
+            mock.clear_request_errors(RDKafkaApiKey::AddPartitionsToTxn);
         }
         let status = worker
             .wait_exit(Duration::from_secs(60))
@@ -166,7 +172,10 @@ fn transactions_deliver_every_trigger_exactly_once_through_errors_and_crashes() 
         run.aborted
     );
     assert!(doubled.is_empty(), "delivered more than once: {doubled:?}");
-    assert!(run.aborted >= 1, "the refused topic aborted transactions");
+    assert!(
+        run.aborted >= 1,
+        "the refused partitions aborted transactions"
+    );
 }
 
 #[test]

@@ -43,19 +43,22 @@ struct Member {
 
 const GROUP: &str = "rekindle-rebalance";
 
-fn member(broker: &str, name: &str) -> Member {
+/// A member's directory and configuration; `kafka`: lines for its `[kafka]` section.
+fn member(broker: &str, name: &str, kafka: &str) -> Member {
     let mut dir = tempfile::tempdir().expect("temp dir");
     dir.disable_cleanup(std::env::var_os("REKINDLE_TEST_KEEP").is_some());
-    eprintln!("{name}: {}", dir.path().display());
-    // Dynamic membership: a killed member leaves through its session timeout. The
-    // exactly-once test covers a static member restarting.
+    // The line deploy/long-tests.sh looks for, to show the directory on failure.
+    eprintln!("worker directory: {} ({name})", dir.path().display());
     let config = write_config_with(
         dir.path(),
         broker,
         "activity",
         "triggers",
         GROUP,
-        &WorkerOptions::default(),
+        &WorkerOptions {
+            kafka,
+            ..WorkerOptions::default()
+        },
     );
     let log = dir.path().join("worker.log");
     Member { dir, config, log }
@@ -179,21 +182,7 @@ fn a_static_member_restarted_with_two_pipelines_resumes_every_partition_from_its
         expected,
     } = setup(13);
 
-    let mut dir = tempfile::tempdir().expect("temp dir");
-    dir.disable_cleanup(std::env::var_os("REKINDLE_TEST_KEEP").is_some());
-    eprintln!("worker directory: {}", dir.path().display());
-    let config = write_config_with(
-        dir.path(),
-        &brokers,
-        "activity",
-        "triggers",
-        GROUP,
-        &WorkerOptions {
-            kafka: "group_instance_id = \"w1\"",
-            ..WorkerOptions::default()
-        },
-    );
-    let log = dir.path().join("worker.log");
+    let Member { dir, config, log } = member(&brokers, "w1", "group_instance_id = \"w1\"");
     let mut reader = TriggerReader::new(&brokers, "triggers");
     let one = Worker::start_with_env(&config, &log, &[("REKINDLE__PIPELINE__THREADS", "1")]);
     reader.read_until(Duration::from_secs(120), |d| d.len() >= expected.len() / 5);
@@ -253,9 +242,11 @@ fn killed_worker_and_empty_joiner(threads: usize) {
     } = setup(12);
     assert!(expected.len() > 5_000, "{} triggers", expected.len());
 
+    // Dynamic membership: a killed member leaves through its session timeout. The
+    // exactly-once test and the static-member test cover a static member restarting.
     let members: Vec<Member> = ["w1", "w2", "w3", "w4"]
         .iter()
-        .map(|n| member(&brokers, n))
+        .map(|n| member(&brokers, n, ""))
         .collect();
     let mut reader = TriggerReader::new(&brokers, "triggers");
     let mut running: Vec<Worker> = members[..3]

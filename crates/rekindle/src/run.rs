@@ -97,7 +97,6 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
 
     // Health and metrics answer (not ready) while the broker cannot be reached yet.
     let (shutdown_tx, shutdown) = watch::channel(false);
-    let shutdown_tx = Arc::new(shutdown_tx);
     let http = tokio::spawn(rekindle_telemetry::serve(
         listener,
         metrics.clone(),
@@ -155,20 +154,36 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     }
 
     let grace = settings.pipeline.shutdown_grace;
-    // Pipelines whose last batch is committed: once all are, what is left (leaving the
-    // group) loses nothing.
-    let committed = Arc::new(AtomicUsize::new(0));
-    let committed_at_exit = committed.clone();
-    let stop = shutdown_tx.clone();
+    let shared = Arc::new(Shared {
+        metrics: metrics.clone(),
+        health,
+        store: store.clone(),
+        observer,
+        changelog_topic,
+        shutdown,
+        stop: shutdown_tx,
+        committed: AtomicUsize::new(0),
+        store_counters: Mutex::default(),
+        figures: PipelineFigures::new(threads),
+        claims: PartitionClaims::default(),
+    });
+    // Weak: the store closes when the pipelines and `run` let go of it, not whenever the
+    // runtime drops this task.
+    let on_signal = Arc::downgrade(&shared);
     tokio::spawn(async move {
         wait_for_signal().await;
         info!(grace = ?grace, "shutdown requested: finishing the current batch");
-        let _ = stop.send(true);
+        if let Some(shared) = on_signal.upgrade() {
+            let _ = shared.stop.send(true);
+        }
         // The batch in flight normally finishes in milliseconds. If it cannot (the broker
         // stopped acknowledging), leave without committing it: state and offsets stay at the
         // previous batch, and the next start replays this one with the same trigger ids.
         tokio::time::sleep(grace).await;
-        if committed_at_exit.load(Ordering::SeqCst) == threads {
+        let all_committed = on_signal
+            .upgrade()
+            .is_none_or(|shared| shared.committed.load(Ordering::SeqCst) == threads);
+        if all_committed {
             // Leaving waits for a rebalance in progress to answer; the group drops this
             // member after its session timeout instead.
             warn!(grace = ?grace, "leaving the consumer group did not finish within the grace period; exiting (every batch is committed)");
@@ -178,19 +193,6 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         std::process::exit(EXIT_GRACE_EXPIRED);
     });
 
-    let shared = Arc::new(Shared {
-        metrics: metrics.clone(),
-        health,
-        store: store.clone(),
-        observer,
-        changelog_topic,
-        shutdown,
-        stop: shutdown_tx.clone(),
-        committed,
-        store_counters: Mutex::default(),
-        figures: PipelineFigures::new(threads),
-        claims: PartitionClaims::default(),
-    });
     // Each pipeline on a thread of its own: an engine keeps its core busy between awaits,
     // and the runtime's workers stay free for the HTTP endpoint, ticks and librdkafka's
     // callbacks.
@@ -228,7 +230,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("a pipeline thread ended abnormally: {e}"))
             .and_then(|r| r);
         if let Err(e) = result {
-            let _ = shutdown_tx.send(true);
+            let _ = shared.stop.send(true);
             stopping_by.get_or_insert_with(|| tokio::time::Instant::now() + grace);
             if failure.is_none() {
                 failure = Some(e);
@@ -253,9 +255,10 @@ struct Shared {
     changelog_topic: Option<String>,
     /// Set on SIGTERM, or when another pipeline failed.
     shutdown: watch::Receiver<bool>,
-    stop: Arc<watch::Sender<bool>>,
-    /// Pipelines whose last batch is committed.
-    committed: Arc<AtomicUsize>,
+    stop: watch::Sender<bool>,
+    /// Pipelines whose last batch is committed: once all are, what is left (leaving the
+    /// group) loses nothing.
+    committed: AtomicUsize,
     store_counters: Mutex<StoreCounters>,
     figures: PipelineFigures,
     claims: PartitionClaims,
@@ -307,11 +310,11 @@ struct Pipeline {
 
 impl Pipeline {
     async fn run(self) -> anyhow::Result<()> {
-        let stop = self.shared.stop.clone();
+        let shared = self.shared.clone();
         let result = self.run_until_stopped().await;
         if result.is_err() {
             // The others finish their batches and stop too.
-            let _ = stop.send(true);
+            let _ = shared.stop.send(true);
         }
         result
     }
