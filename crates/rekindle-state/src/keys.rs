@@ -13,9 +13,16 @@ pub(crate) fn growth_key(partition: u32) -> [u8; 5] {
 
 pub(crate) fn profile_key(partition: u32, user_id: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(4 + user_id.len());
+    write_profile_key(&mut key, partition, user_id);
+    key
+}
+
+/// [`profile_key`] into `key`, replacing what it held: a commit writes tens of thousands of
+/// keys through one buffer instead of allocating each.
+pub(crate) fn write_profile_key(key: &mut Vec<u8>, partition: u32, user_id: &str) {
+    key.clear();
     key.extend_from_slice(&partition_prefix(partition));
     key.extend_from_slice(user_id.as_bytes());
-    key
 }
 
 /// Flips the sign bit so that negative times sort before positive ones as unsigned bytes.
@@ -29,10 +36,16 @@ fn time_from_ordered(bytes: [u8; 8]) -> i64 {
 
 pub(crate) fn timer_key(partition: u32, due_ms: i64, user_id: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(12 + user_id.len());
+    write_timer_key(&mut key, partition, due_ms, user_id);
+    key
+}
+
+/// [`timer_key`] into `key`, replacing what it held.
+pub(crate) fn write_timer_key(key: &mut Vec<u8>, partition: u32, due_ms: i64, user_id: &str) {
+    key.clear();
     key.extend_from_slice(&partition_prefix(partition));
     key.extend_from_slice(&ordered_time(due_ms));
     key.extend_from_slice(user_id.as_bytes());
-    key
 }
 
 /// The first timer key of `partition` at or after `due_ms`.
@@ -60,6 +73,13 @@ mod tests {
             let kb = timer_key(p2, b, &u);
             prop_assert_eq!(ka.cmp(&kb), (p1, a).cmp(&(p2, b)));
             prop_assert_eq!(parse_timer_key(&ka), Some((p1, a, u.clone())));
+            // Written over a longer key, the buffer holds exactly the new one.
+            let mut reused = timer_key(p2, b, "a-much-longer-user-id");
+            write_timer_key(&mut reused, p1, a, &u);
+            prop_assert_eq!(&reused, &ka);
+            let mut reused = profile_key(p2, "a-much-longer-user-id");
+            write_profile_key(&mut reused, p1, &u);
+            prop_assert_eq!(reused, profile_key(p1, &u));
         }
     }
 }

@@ -11,7 +11,7 @@ use crate::changelog::{
     growth_record, meta_record, profile_record, tombstone, ChangelogMeta, ChangelogRecord,
 };
 use crate::error::encode;
-use crate::keys::{growth_key, partition_prefix, profile_key, timer_key};
+use crate::keys::{growth_key, partition_prefix, write_profile_key, write_timer_key};
 use crate::profile_cache::{EncodedProfile, ProfileCache};
 use crate::store::{OpenPartition, CF_META, CF_PROFILES, CF_TIMERS};
 use crate::{PartitionMeta, StateError, Store};
@@ -510,20 +510,20 @@ impl PartitionState {
             + 1024;
         let mut batch = WriteBatch::with_capacity_bytes(bytes);
         let next_offset = self.resume_offset();
+        let mut key = Vec::with_capacity(64);
         for (user, value) in encoded {
-            batch.put_cf(
-                profiles_cf,
-                profile_key(self.partition, user),
-                value.stored(next_offset),
-            );
+            write_profile_key(&mut key, self.partition, user);
+            batch.put_cf(profiles_cf, &key, value.stored(next_offset));
         }
         for user in self.profiles.deleted() {
-            batch.delete_cf(profiles_cf, profile_key(self.partition, user));
+            write_profile_key(&mut key, self.partition, user);
+            batch.delete_cf(profiles_cf, &key);
         }
         let mut timers_deleted: Vec<&(i64, String)> = self.timers_deleted.iter().collect();
         timers_deleted.sort_unstable();
         for (due, user) in timers_deleted {
-            batch.delete_cf(timers_cf, timer_key(self.partition, *due, user));
+            write_timer_key(&mut key, self.partition, *due, user);
+            batch.delete_cf(timers_cf, &key);
         }
         let mut timers_added: Vec<(&TimerKey, &Vec<u8>)> = self
             .timers_added
@@ -532,7 +532,8 @@ impl PartitionState {
             .collect();
         timers_added.sort_unstable_by(|a, b| a.0.cmp(b.0));
         for ((due, user), value) in timers_added {
-            batch.put_cf(timers_cf, timer_key(self.partition, *due, user), value);
+            write_timer_key(&mut key, self.partition, *due, user);
+            batch.put_cf(timers_cf, &key, value);
         }
         if self.has_meta {
             let meta = encode("partition meta", &self.meta)?;
@@ -561,6 +562,7 @@ impl PartitionState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::keys::profile_key;
     use crate::profile_cache::MIN_BATCH_PROFILES;
     use crate::{decode_entry, ChangelogEntry, StoreOptions};
 

@@ -77,14 +77,28 @@ impl WarmProfiles {
         let Ok(id_len) = u32::try_from(id.len()) else {
             return;
         };
-        let mut entry = Vec::with_capacity(HEADER + id.len() + stored.len());
+        let hash = self.hash(id);
+        // A profile's stored form mostly keeps its length from one commit to the next:
+        // written over in place, without an allocation and a free per user and commit.
+        let len = HEADER + id.len() + stored.len();
+        if let Some(old) = self.table.find_mut(hash, |e| id_of(e) == id) {
+            if old.len() == len {
+                if let Some(form) = old.get_mut(HEADER + id.len()..) {
+                    form.copy_from_slice(stored);
+                }
+                if let Some(flag) = old.first_mut() {
+                    *flag = 0;
+                }
+                return;
+            }
+        }
+        let mut entry = Vec::with_capacity(len);
         entry.push(0);
         entry.extend_from_slice(&id_len.to_le_bytes());
         entry.extend_from_slice(id);
         entry.extend_from_slice(stored);
         let entry = entry.into_boxed_slice();
         self.entry_bytes += charged(&entry);
-        let hash = self.hash(id);
         let hasher = &self.hasher;
         match self
             .table
@@ -168,6 +182,27 @@ mod tests {
         assert_eq!(warm.entry_bytes, 16, "bob's entry alone");
         warm.clear();
         assert_eq!(warm.memory(), 0);
+    }
+
+    #[test]
+    fn a_form_of_the_same_length_is_written_over_in_place() {
+        let mut warm = WarmProfiles::default();
+        warm.insert("ann", b"abc");
+        let bytes = warm.entry_bytes;
+        assert_eq!(warm.get("ann"), Some(&b"abc"[..]));
+        let read_mark = |warm: &WarmProfiles| {
+            let id = b"ann";
+            warm.table
+                .find(warm.hash(id), |e| id_of(e) == id)
+                .map(|e| e[0])
+        };
+        assert_eq!(read_mark(&warm), Some(1));
+        warm.insert("ann", b"xyz");
+        assert_eq!(warm.entry_bytes, bytes, "the same entry, charged once");
+        assert_eq!(warm.len(), 1);
+        // Written anew, it counts as not read since, as a new entry would.
+        assert_eq!(read_mark(&warm), Some(0));
+        assert_eq!(warm.get("ann"), Some(&b"xyz"[..]));
     }
 
     #[test]
