@@ -1,9 +1,10 @@
 //! A worker with two pipelines (`pipeline.threads = 2`) against a real broker process: two
-//! members of the group in one process, sharing one state directory. Once the group has
-//! spread the partitions over both, 1,000 users' scripted histories are produced, then a
-//! clock tick at the end of them; the triggers delivered are exactly the expected ones,
-//! with the ids `rekindle replay` gives, and both pipelines processed events and stopped
-//! cleanly.
+//! members of the group in one process, sharing one state directory. 1,000 users' scripted
+//! histories, then a clock tick at the end of them; the triggers delivered are exactly the
+//! expected ones, with the ids `rekindle replay` gives, and both pipelines processed events,
+//! each event once, and stopped cleanly. In the first test every record is produced once
+//! the group has spread the partitions over both pipelines; in the second, half of them
+//! before the worker starts, so that partitions move from a running pipeline to the other.
 //!
 //! The worker sends no ticks of its own: the histories lie in the past, and a tick at the
 //! wall clock ahead of them would judge them at that time instead of their own.
@@ -13,6 +14,7 @@ mod support;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
+use rekindle_events::ActivityEvent;
 use support::broker::{create_topic, produce, produce_ticks, Batching, Broker};
 use support::histories::{
     assert_same_episodes, avro_payloads, expected, scripted, write_replay_file,
@@ -55,43 +57,71 @@ fn holdings(log: &std::path::Path) -> BTreeMap<u64, BTreeSet<u32>> {
     held
 }
 
-#[test]
-fn two_pipelines_in_one_worker_deliver_exactly_the_expected_triggers() {
-    let broker = Broker::start();
-    let t0 = (now_ms() - 60 * DAY).div_euclid(DAY) * DAY;
-    let events = scripted(1000, t0, 11);
-    let until = now_ms();
-    let expected = expected(&events, until);
-    assert!(expected.len() > 500, "a substantial trigger set");
+/// Each partition's resume offset in an assignment line (`None`: no state for it yet).
+fn resume_offsets(line: &serde_json::Value) -> BTreeMap<u32, Option<i64>> {
+    let text = line["resume_at"].as_str().unwrap_or_default();
+    text.split("), (")
+        .filter_map(|pair| {
+            let pair = pair.trim_matches(|c| c == '[' || c == ']' || c == '(' || c == ')');
+            let (partition, offset) = pair.split_once(", ")?;
+            let offset = offset
+                .strip_prefix("Some(")
+                .and_then(|o| o.trim_end_matches(')').parse().ok());
+            Some((partition.parse().ok()?, offset))
+        })
+        .collect()
+}
 
+/// A broker, the topics, and a worker with two pipelines (no ticks of its own).
+struct Setup {
+    broker: Broker,
+    dir: tempfile::TempDir,
+    config: std::path::PathBuf,
+    log: std::path::PathBuf,
+    worker: Worker,
+}
+
+fn start_worker(group: &str, env: &[(&str, &str)], before_start: impl FnOnce(&str)) -> Setup {
+    let broker = Broker::start();
     create_topic(&broker.address, "activity", PARTITIONS as i32);
     create_topic(&broker.address, "triggers", 2);
     create_topic(&broker.address, DEAD_LETTERS, 1);
+    before_start(&broker.address);
     let dir = tempfile::tempdir().expect("temp dir");
     let config = write_config_with(
         dir.path(),
         &broker.address,
         "activity",
         "triggers",
-        "rekindle-pipelines",
+        group,
         &WorkerOptions {
             tick_interval: "0s",
             ..WorkerOptions::default()
         },
     );
     let log = dir.path().join("worker.log");
-    let worker = Worker::start_with_env(&config, &log, &[("REKINDLE__PIPELINE__THREADS", "2")]);
+    let mut env = env.to_vec();
+    env.push(("REKINDLE__PIPELINE__THREADS", "2"));
+    let worker = Worker::start_with_env(&config, &log, &env);
+    Setup {
+        broker,
+        dir,
+        config,
+        log,
+        worker,
+    }
+}
 
-    // The second member joins after the first took every partition; wait for the group to
-    // spread them, so that both pipelines process the records.
+/// Waits until the group has spread the partitions over both pipelines.
+fn wait_for_spread(log: &std::path::Path) {
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
-        let held = holdings(&log);
+        let held = holdings(log);
         let spread = held.len() == 2
             && held.values().all(|p| !p.is_empty())
             && held.values().map(BTreeSet::len).sum::<usize>() == PARTITIONS as usize;
         if spread {
-            break;
+            return;
         }
         assert!(
             Instant::now() < deadline,
@@ -99,12 +129,21 @@ fn two_pipelines_in_one_worker_deliver_exactly_the_expected_triggers() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    produce(
-        &broker.address,
-        "activity",
-        &avro_payloads(&events),
-        Batching::Default,
-    );
+}
+
+/// Ends the histories with a tick at `until`, reads the triggers, stops the worker, and
+/// checks: exactly the expected triggers, replay's ids, both pipelines processed events,
+/// every event processed once.
+fn finish(setup: Setup, events: &[ActivityEvent], until: i64) {
+    let Setup {
+        broker,
+        dir,
+        config,
+        log,
+        worker,
+    } = setup;
+    let expected = expected(events, until);
+    assert!(expected.len() > 500, "a substantial trigger set");
     produce_ticks(&broker.address, "activity", PARTITIONS as i32, until);
 
     let mut reader = TriggerReader::new(&broker.address, "triggers");
@@ -117,7 +156,7 @@ fn two_pipelines_in_one_worker_deliver_exactly_the_expected_triggers() {
     assert_same_episodes(&expected, &got);
     let live = reader.trigger_ids();
     let replay_input = dir.path().join("histories.jsonl");
-    write_replay_file(&replay_input, &events);
+    write_replay_file(&replay_input, events);
     let replayed = replayed_trigger_ids(Some(&config), &replay_input, until);
     assert_eq!(
         replayed, live,
@@ -143,4 +182,77 @@ fn two_pipelines_in_one_worker_deliver_exactly_the_expected_triggers() {
         events.len() as u64,
         "every event processed once"
     );
+}
+
+#[test]
+fn two_pipelines_in_one_worker_deliver_exactly_the_expected_triggers() {
+    let t0 = (now_ms() - 60 * DAY).div_euclid(DAY) * DAY;
+    let events = scripted(1000, t0, 11);
+    let until = now_ms();
+    let setup = start_worker("rekindle-pipelines", &[], |_| {});
+    // The second member joins after the first took every partition; wait for the group to
+    // spread them, so that both pipelines process the records.
+    wait_for_spread(&setup.log);
+    produce(
+        &setup.broker.address,
+        "activity",
+        &avro_payloads(&events),
+        Batching::Default,
+    );
+    finish(setup, &events, until);
+}
+
+/// The first half of the histories is in the topic before the worker starts, and the second
+/// pipeline joins the group 5 s after the first (a test-only delay): the first takes every
+/// partition and processes it; the partitions the second then receives leave a running
+/// pipeline, and it resumes them from the state that pipeline committed to the shared store
+/// (claims, ARCHITECTURE.md invariant 14). The second half is produced after the move.
+/// Records go in one per batch: a fetch starting inside a batch gets nothing from tansu
+/// (see `Batching`).
+#[test]
+fn a_partition_moved_between_running_pipelines_resumes_from_the_state_the_first_left() {
+    let t0 = (now_ms() - 60 * DAY).div_euclid(DAY) * DAY;
+    let events = scripted(1000, t0, 17);
+    let until = now_ms();
+    let (first, second) = events.split_at(events.len() / 2);
+    let delay = [("REKINDLE_TEST_PIPELINE_JOIN_DELAY_MS", "5000")];
+    let setup = start_worker("rekindle-pipelines-move", &delay, |broker| {
+        produce(
+            broker,
+            "activity",
+            &avro_payloads(first),
+            Batching::OnePerBatch,
+        );
+    });
+    wait_for_spread(&setup.log);
+
+    let assignments = log_lines(&setup.log, ASSIGNED);
+    let first_owned: BTreeSet<u32> = assignments
+        .iter()
+        .filter(|l| log_pipeline(l) == Some(0))
+        .flat_map(log_partitions)
+        .collect();
+    let resumed: BTreeMap<u32, Option<i64>> = assignments
+        .iter()
+        .filter(|l| log_pipeline(l) == Some(1))
+        .flat_map(resume_offsets)
+        .collect();
+    let moved: Vec<(u32, i64)> = resumed
+        .iter()
+        .filter(|(p, _)| first_owned.contains(p))
+        .filter_map(|(p, offset)| Some((*p, (*offset)?)))
+        .collect();
+    assert!(
+        !moved.is_empty(),
+        "no partition left the first pipeline for the second with state: first {first_owned:?}, second {resumed:?}"
+    );
+    eprintln!("moved from pipeline 0 to pipeline 1 (partition, resumed at): {moved:?}");
+
+    produce(
+        &setup.broker.address,
+        "activity",
+        &avro_payloads(second),
+        Batching::Default,
+    );
+    finish(setup, &events, until);
 }

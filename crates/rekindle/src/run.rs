@@ -56,6 +56,10 @@ const CLAIM_TIMEOUT: Duration = Duration::from_secs(60);
 /// Fault injection for tests: the process aborts after this many commits' triggers reached
 /// Kafka, before anything records that they did (see `CrashPoint`).
 const CRASH_BEFORE_STATE_COMMIT: &str = "REKINDLE_TEST_CRASH_BEFORE_STATE_COMMIT";
+/// Timing injection for tests: pipeline n joins the group n times this many milliseconds
+/// after the first, so that partitions move from a running pipeline to another of the
+/// same worker (a broker's coordinator otherwise tends to gather them into one assignment).
+const PIPELINE_JOIN_DELAY: &str = "REKINDLE_TEST_PIPELINE_JOIN_DELAY_MS";
 
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let kafka = wiring::kafka_settings(&settings)?;
@@ -395,6 +399,14 @@ impl Pipeline {
                 .observe(started.elapsed().as_secs_f64());
             next
         });
+        if let Some(delay) = join_delay(index) {
+            info!(pipeline = index, delay = ?delay, "{PIPELINE_JOIN_DELAY}: joining the group later");
+            let mut stop = shutdown.clone();
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = stop.wait_for(|stopping| *stopping) => {}
+            }
+        }
         let source = Source::new(
             &kafka,
             &settings.kafka.group_id,
@@ -835,6 +847,13 @@ fn is_abortable(e: &anyhow::Error) -> bool {
 /// Fault injection for the tests: dies where a crash hurts most, once a commit's triggers
 /// are in Kafka and before anything records that (the changelog, or the local state in
 /// exactly-once mode, where the changelog went out in the same transaction).
+/// How much later pipeline `index` joins the group, from [`PIPELINE_JOIN_DELAY`].
+fn join_delay(index: usize) -> Option<Duration> {
+    let per_pipeline: u64 = std::env::var(PIPELINE_JOIN_DELAY).ok()?.parse().ok()?;
+    let delay = Duration::from_millis(per_pipeline.saturating_mul(index as u64));
+    (!delay.is_zero()).then_some(delay)
+}
+
 struct CrashPoint {
     after: Option<u64>,
     commits: std::cell::Cell<u64>,
