@@ -62,7 +62,10 @@ pub fn finish_and_check(
 ) {
     reader.read_until(timeout, |d| unique_ids(d) >= expected.len());
     reader.read_for(Duration::from_secs(2));
-    assert!(worker.stop().success(), "the worker exits 0 at the end");
+    let stopping = std::time::Instant::now();
+    let status = worker.stop();
+    eprintln!("the worker stopped {:?} after SIGTERM", stopping.elapsed());
+    assert!(status.success(), "the worker exits 0 at the end: {status}");
     assert_delivered_at_least_once(expected, &reader.delivered);
 }
 
