@@ -20,8 +20,8 @@ use support::histories::{
     assert_same_episodes, avro_payloads, expected, scripted, write_replay_file,
 };
 use support::worker::{
-    log_lines, log_partitions, log_pipeline, replayed_trigger_ids, write_config_with,
-    TriggerReader, Worker, WorkerOptions, ASSIGNED, DEAD_LETTERS, REVOKED,
+    log_lines, log_partitions, log_pipeline, log_resume_offsets, replayed_trigger_ids,
+    write_config_with, TriggerReader, Worker, WorkerOptions, ASSIGNED, DEAD_LETTERS, REVOKED,
 };
 use support::{now_ms, DAY};
 
@@ -55,21 +55,6 @@ fn holdings(log: &std::path::Path) -> BTreeMap<u64, BTreeSet<u32>> {
         }
     }
     held
-}
-
-/// Each partition's resume offset in an assignment line (`None`: no state for it yet).
-fn resume_offsets(line: &serde_json::Value) -> BTreeMap<u32, Option<i64>> {
-    let text = line["resume_at"].as_str().unwrap_or_default();
-    text.split("), (")
-        .filter_map(|pair| {
-            let pair = pair.trim_matches(|c| c == '[' || c == ']' || c == '(' || c == ')');
-            let (partition, offset) = pair.split_once(", ")?;
-            let offset = offset
-                .strip_prefix("Some(")
-                .and_then(|o| o.trim_end_matches(')').parse().ok());
-            Some((partition.parse().ok()?, offset))
-        })
-        .collect()
 }
 
 /// A broker, the topics, and a worker with two pipelines (no ticks of its own).
@@ -235,7 +220,7 @@ fn a_partition_moved_between_running_pipelines_resumes_from_the_state_the_first_
     let resumed: BTreeMap<u32, Option<i64>> = assignments
         .iter()
         .filter(|l| log_pipeline(l) == Some(1))
-        .flat_map(resume_offsets)
+        .flat_map(log_resume_offsets)
         .collect();
     let moved: Vec<(u32, i64)> = resumed
         .iter()

@@ -217,7 +217,7 @@ fn a_static_member_restarted_with_two_pipelines_resumes_every_partition_from_its
     );
     let resumed: Vec<serde_json::Value> = log_lines(&log, ASSIGNED)
         .into_iter()
-        .filter(|l| l.to_string().contains("pipeline"))
+        .filter(|l| log_pipeline(l).is_some())
         .collect();
     for line in &resumed {
         let resume_at = line["resume_at"].as_str().unwrap_or_default();

@@ -60,22 +60,13 @@ pub fn finish_and_check(
     expected: &BTreeSet<Episode>,
     timeout: Duration,
 ) {
-    reader.read_until(timeout, |d| unique_ids(d) >= expected.len());
+    reader.read_until_ids(timeout, expected.len());
     reader.read_for(Duration::from_secs(2));
     let stopping = std::time::Instant::now();
     let status = worker.stop();
     eprintln!("the worker stopped {:?} after SIGTERM", stopping.elapsed());
     assert!(status.success(), "the worker exits 0 at the end: {status}");
     assert_delivered_at_least_once(expected, &reader.delivered);
-}
-
-/// Distinct trigger ids delivered so far.
-pub fn unique_ids(delivered: &[Delivered]) -> usize {
-    delivered
-        .iter()
-        .map(|t| &t.trigger_id)
-        .collect::<BTreeSet<_>>()
-        .len()
 }
 
 /// Every expected trigger and nothing else was delivered, and any trigger delivered more

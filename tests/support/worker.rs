@@ -248,7 +248,6 @@ impl Worker {
     }
 }
 
-/// JSON log lines of a worker whose `message` equals `message`.
 /// The worker's log message for a partition assignment.
 pub const ASSIGNED: &str = "partitions assigned (offsets from state; None: group offset)";
 /// The worker's log message for a partition revocation.
@@ -260,6 +259,21 @@ pub fn log_partitions(line: &serde_json::Value) -> Vec<u32> {
         .as_str()
         .and_then(|p| serde_json::from_str(p).ok())
         .expect("partition list")
+}
+
+/// Each partition's resume offset in an assignment log line (`None`: no state for it yet).
+pub fn log_resume_offsets(line: &serde_json::Value) -> BTreeMap<u32, Option<i64>> {
+    let text = line["resume_at"].as_str().unwrap_or_default();
+    text.split("), (")
+        .filter_map(|pair| {
+            let pair = pair.trim_matches(|c| c == '[' || c == ']' || c == '(' || c == ')');
+            let (partition, offset) = pair.split_once(", ")?;
+            let offset = offset
+                .strip_prefix("Some(")
+                .and_then(|o| o.trim_end_matches(')').parse().ok());
+            Some((partition.parse().ok()?, offset))
+        })
+        .collect()
 }
 
 /// The pipeline a log line was written by (its `pipeline` span), when the worker runs
@@ -284,6 +298,7 @@ pub fn replayed_trigger_ids(
         .collect()
 }
 
+/// JSON log lines of a worker whose `message` equals `message`.
 pub fn log_lines(log: &Path, message: &str) -> Vec<serde_json::Value> {
     std::fs::read_to_string(log)
         .unwrap_or_default()
