@@ -1,8 +1,7 @@
 use std::collections::BTreeMap;
-use std::hash::{Hash, Hasher};
 
 use foldhash::fast::RandomState;
-use hashbrown::{Equivalent, HashMap, HashSet};
+use hashbrown::HashMap;
 
 use rekindle_rules::{GrowthFigures, UserProfile, MAX_SEGMENTS};
 use rocksdb::WriteBatch;
@@ -11,7 +10,7 @@ use crate::changelog::{
     growth_record, meta_record, profile_record, tombstone, ChangelogMeta, ChangelogRecord,
 };
 use crate::error::encode;
-use crate::keys::{growth_key, partition_prefix, write_profile_key, write_timer_key};
+use crate::keys::{growth_key, partition_prefix, timer_seek, write_profile_key, write_timer_key};
 use crate::profile_cache::{EncodedProfile, ProfileCache};
 use crate::store::{OpenPartition, CF_META, CF_PROFILES, CF_TIMERS};
 use crate::{PartitionMeta, StateError, Store};
@@ -35,22 +34,12 @@ pub struct DueTimer {
 /// A timer index entry's key: (due time, user).
 type TimerKey = (i64, String);
 
-/// A [`TimerKey`] borrowed, to look up the batch's timer changes without copying the id.
-struct TimerKeyRef<'a>(i64, &'a str);
-
-/// Hashes as the owned key does (a tuple hashes its fields in order; a `String` as its
-/// `str`), which the maps' lookups by the borrowed form rely on.
-impl Hash for TimerKeyRef<'_> {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        self.0.hash(state);
-        self.1.hash(state);
-    }
-}
-
-impl Equivalent<TimerKey> for TimerKeyRef<'_> {
-    fn equivalent(&self, key: &TimerKey) -> bool {
-        self.0 == key.0 && self.1 == key.1
-    }
+/// A user's timer entry in the current batch.
+struct TimerMove {
+    /// The entry's time in the store, as the last flush left it; `None`: the store has none.
+    stored: Option<i64>,
+    /// The entry now, with its value; `None`: the user has none.
+    current: Option<(i64, Vec<u8>)>,
 }
 
 /// The earliest part of the partition's timer index, held in memory so that checking for
@@ -122,17 +111,17 @@ pub struct PartitionState {
     meta: PartitionMeta,
     has_meta: bool,
     profiles: ProfileCache,
-    /// This batch's changes to the stored timer index: entries the store lacks, to put,
-    /// and entries it holds, to delete. An entry armed and moved again within one batch is
-    /// in neither, so a user active many times in a batch costs one deletion, not one per
-    /// event.
-    /// Puts carry the value and whether the store holds the key already (a put over it, so
-    /// a later removal in the batch must still delete it).
-    /// Unordered: every event moves an entry, while only the flush and the window's loads
-    /// need them in due order, and sort or scan for it (see `load_timers`).
-    timers_added: HashMap<TimerKey, (Vec<u8>, bool), RandomState>,
-    timers_deleted: HashSet<TimerKey, RandomState>,
+    /// This batch's changes to the stored timer index, per user: where the store has the
+    /// user's single entry and where the batch left it. Keyed by user, so that an event
+    /// moving an entry again costs one lookup by the id it already has; a user active many
+    /// times in a batch costs one deletion and one put at the flush, not one per event.
+    /// Unordered: only the flush and the window's loads need entries in due order, and sort
+    /// or scan for it (see `load_timers`).
+    timer_moves: HashMap<String, TimerMove, RandomState>,
     timers: TimerWindow,
+    /// The stored index holds nothing at or before this time: the last flush removed it
+    /// with a range deletion (see [`PartitionState::dead_through`]). `None` until then.
+    removed_through: Option<i64>,
     /// Flushes so far: the clock of the profile cache's eviction.
     batch: u64,
     /// The position or counts changed since the last flush.
@@ -168,9 +157,9 @@ impl PartitionState {
             meta: stored.unwrap_or_default(),
             has_meta: stored.is_some(),
             profiles: ProfileCache::default(),
-            timers_added: HashMap::default(),
-            timers_deleted: HashSet::default(),
+            timer_moves: HashMap::default(),
             timers,
+            removed_through: None,
             batch: 0,
             meta_dirty: false,
             growth,
@@ -298,17 +287,33 @@ impl PartitionState {
             if self.timers.covers(old) {
                 self.timers.entries.remove(&(old, user_id.to_string()));
             }
-            self.unarm(old, user_id);
         }
-        if let Some((new, value)) = to {
-            let key = (new, user_id.to_string());
-            if self.timers.covers(new) {
-                self.timers.entries.insert(key.clone(), value.clone());
+        if let Some((new, value)) = &to {
+            if self.timers.covers(*new) {
+                self.timers
+                    .entries
+                    .insert((*new, user_id.to_string()), value.clone());
                 self.timers.trim();
             }
-            // Put even over a stored entry at the same time: its value may differ.
-            let stored = self.timers_deleted.remove(&key);
-            self.timers_added.insert(key, (value, stored));
+        }
+        self.record_move(user_id, from, to);
+    }
+
+    /// Notes the user's entry moving from `from` (where the caller had it) to `to`. The
+    /// first move in a batch says where the store has it; a later one starts where the
+    /// batch left it.
+    fn record_move(&mut self, user_id: &str, from: Option<i64>, to: Option<(i64, Vec<u8>)>) {
+        match self.timer_moves.get_mut(user_id) {
+            Some(moved) => moved.current = to,
+            None => {
+                self.timer_moves.insert(
+                    user_id.to_string(),
+                    TimerMove {
+                        stored: from,
+                        current: to,
+                    },
+                );
+            }
         }
     }
 
@@ -317,23 +322,25 @@ impl PartitionState {
     /// cannot be found from the profiles.
     pub fn clear_timers(&mut self) -> Result<(), StateError> {
         self.store.clear_timers(self.partition)?;
-        self.timers_added.clear();
-        self.timers_deleted.clear();
+        self.timer_moves.clear();
         self.timers = TimerWindow::new(self.timers.chunk, self.timers.max);
         self.meta.pending_timers = 0;
         self.meta_dirty = true;
         self.load_timers()
     }
 
-    /// Takes an entry out of the index as the flush will write it: an entry armed in this
-    /// batch where the store has none just goes; any other is deleted.
-    fn unarm(&mut self, due_ms: i64, user_id: &str) {
-        match self.timers_added.remove(&TimerKeyRef(due_ms, user_id)) {
-            Some((_, false)) => {}
-            Some((_, true)) | None => {
-                self.timers_deleted.insert((due_ms, user_id.to_string()));
-            }
-        }
+    /// The latest time at or before which the index has no live entry: every stored entry
+    /// up to it has fired or moved, so a flush removes them with one range deletion instead
+    /// of a deletion each. Most deletions at scale are of entries that fired (counted
+    /// steps re-arm at their next step). `None` before the window is first loaded.
+    fn dead_through(&self) -> Option<i64> {
+        let through = self.timers.through?;
+        // The window holds every live entry up to `through`, the batch's included.
+        let before_live = match self.timers.entries.first_key_value() {
+            Some(((due, _), _)) => due.saturating_sub(1),
+            None => through,
+        };
+        Some(before_live.min(self.meta.clock_ms))
     }
 
     /// True when some timer may be due at `now_ms`: the cheap test done on every record.
@@ -367,30 +374,34 @@ impl PartitionState {
         // next load brings in again, once per record while the clock is past the cut.
         // The additions are unordered: one pass finds those the window would take (none
         // after `through` can lower it), and the chunk's bound among them.
-        let mut added: Vec<(&TimerKey, &Vec<u8>)> = self
-            .timers_added
+        let mut added: Vec<(i64, &str, &Vec<u8>)> = self
+            .timer_moves
             .iter()
-            .filter(|(key, _)| (from..=through).contains(&key.0))
-            .map(|(key, (value, _))| (key, value))
+            .filter_map(|(user, moved)| {
+                let (at, value) = moved.current.as_ref()?;
+                (from..=through)
+                    .contains(at)
+                    .then_some((*at, user.as_str(), value))
+            })
             .collect();
         if added.len() > self.timers.chunk {
-            let (_, (key, _), _) =
-                added.select_nth_unstable_by_key(self.timers.chunk, |(key, _)| key.0);
+            let (_, (at, _, _), _) =
+                added.select_nth_unstable_by_key(self.timers.chunk, |(at, _, _)| *at);
             // Entries due at the same time go in together; `from` at least, so each load
             // moves on.
-            through = through.min(key.0.saturating_sub(1).max(from));
+            through = through.min(at.saturating_sub(1).max(from));
         }
+        // A user the batch moved has its entry among the additions, or none.
         for (key, value) in stored {
-            if key.0 <= through
-                && !self.timers_deleted.contains(&key)
-                && !self.timers_added.contains_key(&key)
-            {
+            if key.0 <= through && !self.timer_moves.contains_key(key.1.as_str()) {
                 self.timers.entries.insert(key, value);
             }
         }
-        for (key, value) in added {
-            if key.0 <= through {
-                self.timers.entries.insert(key.clone(), value.clone());
+        for (at, user, value) in added {
+            if at <= through {
+                self.timers
+                    .entries
+                    .insert((at, user.to_string()), value.clone());
             }
         }
         self.timers.through = Some(through);
@@ -410,7 +421,7 @@ impl PartitionState {
                 let Some((key, value)) = self.timers.entries.pop_first() else {
                     return Ok(None);
                 };
-                self.unarm(key.0, &key.1);
+                self.record_move(&key.1, Some(key.0), None);
                 self.meta_dirty = true;
                 self.meta.pending_timers = self.meta.pending_timers.saturating_sub(1);
                 return Ok(Some(DueTimer {
@@ -501,7 +512,7 @@ impl PartitionState {
         let encoded = self.encoded.as_deref().unwrap_or_default();
         // Sized up front: RocksDB appends every entry to one buffer, which otherwise grows
         // by copying itself a dozen times in a large commit.
-        let timer_entries = self.timers_added.len() + self.timers_deleted.len();
+        let timer_entries = self.timer_moves.len() * 2;
         let bytes = encoded
             .iter()
             .map(|(user, value)| user.len() + value.bytes.len() + 16)
@@ -519,20 +530,49 @@ impl PartitionState {
             write_profile_key(&mut key, self.partition, user);
             batch.delete_cf(profiles_cf, &key);
         }
-        let mut timers_deleted: Vec<&(i64, String)> = self.timers_deleted.iter().collect();
+        // In key order, each kind: RocksDB inserts keys that follow the last one cheaply.
+        // Entries up to the last range deleted are gone, but a batch may arm an entry at a
+        // time before it (an event older than the clock), so this flush's range starts after
+        // it and covers only the deletions in between.
+        let dead_through = self.dead_through();
+        let range = dead_through
+            .filter(|d| self.removed_through < Some(*d))
+            .map(|d| {
+                (
+                    self.removed_through
+                        .map_or(i64::MIN, |r| r.saturating_add(1)),
+                    d,
+                )
+            });
+        let mut timers_deleted: Vec<(i64, &str)> = Vec::with_capacity(self.timer_moves.len());
+        let mut timers_put: Vec<(i64, &str, &Vec<u8>)> = Vec::with_capacity(self.timer_moves.len());
+        for (user, moved) in &self.timer_moves {
+            let current = moved.current.as_ref().map(|(at, _)| *at);
+            if let Some(stored) = moved.stored.filter(|s| {
+                current != Some(*s) && !range.is_some_and(|(from, to)| (from..=to).contains(s))
+            }) {
+                timers_deleted.push((stored, user));
+            }
+            if let Some((at, value)) = &moved.current {
+                // Even over a stored entry at the same time: its value may differ.
+                timers_put.push((*at, user, value));
+            }
+        }
+        if let Some((from, to)) = range {
+            batch.delete_range_cf(
+                timers_cf,
+                timer_seek(self.partition, from),
+                timer_seek(self.partition, to.saturating_add(1)),
+            );
+        }
         timers_deleted.sort_unstable();
         for (due, user) in timers_deleted {
-            write_timer_key(&mut key, self.partition, *due, user);
+            write_timer_key(&mut key, self.partition, due, user);
             batch.delete_cf(timers_cf, &key);
         }
-        let mut timers_added: Vec<(&TimerKey, &Vec<u8>)> = self
-            .timers_added
-            .iter()
-            .map(|(key, (value, _))| (key, value))
-            .collect();
-        timers_added.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        for ((due, user), value) in timers_added {
-            write_timer_key(&mut key, self.partition, *due, user);
+        timers_put.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        for (due, user, value) in timers_put {
+            write_timer_key(&mut key, self.partition, due, user);
             batch.put_cf(timers_cf, &key, value);
         }
         if self.has_meta {
@@ -552,8 +592,10 @@ impl PartitionState {
             &written,
             self.store.profile_bytes_share(),
         );
-        self.timers_added.clear();
-        self.timers_deleted.clear();
+        self.timer_moves.clear();
+        if let Some((_, to)) = range {
+            self.removed_through = Some(to);
+        }
         self.batch += 1;
         Ok(())
     }
@@ -570,23 +612,6 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path(), &StoreOptions::default()).expect("open");
         (dir, store)
-    }
-
-    #[test]
-    fn a_borrowed_timer_key_finds_the_owned_one() {
-        let mut added: HashMap<TimerKey, u8, RandomState> = HashMap::default();
-        added.insert((42, "u-1".to_string()), 1);
-        added.insert((42, "u-2".to_string()), 2);
-        added.insert((-7, String::new()), 3);
-        assert_eq!(added.get(&TimerKeyRef(42, "u-1")), Some(&1));
-        assert_eq!(added.get(&TimerKeyRef(42, "u-2")), Some(&2));
-        assert_eq!(added.get(&TimerKeyRef(-7, "")), Some(&3));
-        assert_eq!(added.get(&TimerKeyRef(43, "u-1")), None);
-        assert_eq!(added.get(&TimerKeyRef(42, "u-3")), None);
-        let mut deleted: HashSet<TimerKey, RandomState> = HashSet::default();
-        deleted.insert((9, "u".to_string()));
-        assert!(deleted.remove(&TimerKeyRef(9, "u")));
-        assert!(deleted.is_empty());
     }
 
     #[test]
@@ -1070,10 +1095,12 @@ mod tests {
                 let id = format!("u{user}");
                 match op {
                     0 | 1 => {
-                        // Ten times ahead only, so that a user comes back to a time it had
-                        // earlier in the batch or in the store.
-                        let to = (op == 0)
-                            .then(|| (now + (t % 10) * 20 * unit, vec![(t % 7) as u8; (t % 3) as usize]));
+                        // Ten times only, so that a user comes back to a time it had
+                        // earlier in the batch or in the store; one before the clock, as an
+                        // event older than the clock arms.
+                        let to = (op == 0).then(|| {
+                            (now + (t % 10 - 1) * 20 * unit, vec![(t % 7) as u8; (t % 3) as usize])
+                        });
                         let from = model.get(&id).map(|(d, _)| *d);
                         p.move_timer(&id, from, to.clone());
                         match to {
@@ -1083,6 +1110,9 @@ mod tests {
                     }
                     2 => {
                         now += t / 4 * unit;
+                        // As the engine does before it fires what is due: the flush removes
+                        // fired entries up to the clock with a range deletion.
+                        p.set_clock_ms(now);
                         let got: Vec<(i64, String, Vec<u8>)> = p
                             .take_due(now)
                             .expect("take")
