@@ -233,37 +233,75 @@ impl UserProfile {
             self.last_active_ms = ts_ms;
         }
         let index = windows.bucket_of(ts_ms);
-        let latest = self.latest_bucket().map_or(index, |l| l.max(index));
-        let horizon = latest - windows.retained();
-        if index <= horizon {
-            return Recorded {
-                new_episode,
-                beyond_horizon: true,
-            };
-        }
-        let bucket = match self.buckets.binary_search_by_key(&index, |b| b.index) {
-            Ok(at) => &mut self.buckets[at],
-            Err(at) => {
+        // Most events land in the latest bucket or open the next one: both are decided by
+        // the last bucket alone. A profile's buckets span many cache lines, and each one a
+        // search touches is a miss for a profile not seen in a while.
+        let bucket = match self.buckets.last().map(|b| b.index) {
+            Some(latest) if index == latest => self.buckets.len() - 1,
+            None => {
+                self.buckets.reserve_exact(1);
+                self.buckets.push(Bucket {
+                    index,
+                    ..Bucket::default()
+                });
+                0
+            }
+            Some(latest) if index > latest => {
+                let horizon = index - windows.retained();
+                let gone = self
+                    .buckets
+                    .iter()
+                    .take_while(|b| b.index <= horizon)
+                    .count();
+                self.buckets.drain(..gone);
                 // One more slot, not double: a cached profile gains a bucket a day, and a
                 // vector grown by doubling would carry as many empty slots as buckets.
                 self.buckets.reserve_exact(1);
-                self.buckets.insert(
-                    at,
-                    Bucket {
-                        index,
-                        ..Bucket::default()
-                    },
-                );
-                &mut self.buckets[at]
+                self.buckets.push(Bucket {
+                    index,
+                    ..Bucket::default()
+                });
+                self.buckets.len() - 1
+            }
+            Some(latest) => {
+                let horizon = latest - windows.retained();
+                if index <= horizon {
+                    return Recorded {
+                        new_episode,
+                        beyond_horizon: true,
+                    };
+                }
+                // Buckets past the horizon are only there after `state.retained_buckets`
+                // shrank; they go with the next late event or the next new bucket.
+                let gone = self
+                    .buckets
+                    .iter()
+                    .take_while(|b| b.index <= horizon)
+                    .count();
+                self.buckets.drain(..gone);
+                match self.buckets.binary_search_by_key(&index, |b| b.index) {
+                    Ok(at) => at,
+                    Err(at) => {
+                        self.buckets.reserve_exact(1);
+                        self.buckets.insert(
+                            at,
+                            Bucket {
+                                index,
+                                ..Bucket::default()
+                            },
+                        );
+                        at
+                    }
+                }
             }
         };
-        bucket.events = bucket.events.saturating_add(1);
-        bucket.session_seconds = bucket
-            .session_seconds
-            .saturating_add(u64::from(session_seconds));
-        bucket.amount += amount;
-        let keep_from = self.buckets.partition_point(|b| b.index <= horizon);
-        self.buckets.drain(..keep_from);
+        if let Some(bucket) = self.buckets.get_mut(bucket) {
+            bucket.events = bucket.events.saturating_add(1);
+            bucket.session_seconds = bucket
+                .session_seconds
+                .saturating_add(u64::from(session_seconds));
+            bucket.amount += amount;
+        }
         Recorded {
             new_episode,
             beyond_horizon: false,
@@ -350,7 +388,96 @@ mod tests {
         assert_eq!(p.buckets.len(), 1);
     }
 
+    /// `record_activity` as it was before its paths for the latest and the next bucket: a
+    /// search for every event, the horizon trimmed after it.
+    fn record_by_search(
+        p: &mut UserProfile,
+        windows: &Windows,
+        ts_ms: i64,
+        session: u32,
+        amount: f64,
+    ) -> Recorded {
+        let new_episode = ts_ms > p.last_active_ms;
+        if !p.has_activity() || ts_ms < p.first_active_ms {
+            p.first_active_ms = ts_ms;
+        }
+        if new_episode {
+            p.last_active_ms = ts_ms;
+        }
+        let index = windows.bucket_of(ts_ms);
+        let latest = p.latest_bucket().map_or(index, |l| l.max(index));
+        let horizon = latest - windows.retained();
+        if index <= horizon {
+            return Recorded {
+                new_episode,
+                beyond_horizon: true,
+            };
+        }
+        let at = match p.buckets.binary_search_by_key(&index, |b| b.index) {
+            Ok(at) => at,
+            Err(at) => {
+                p.buckets.insert(
+                    at,
+                    Bucket {
+                        index,
+                        ..Bucket::default()
+                    },
+                );
+                at
+            }
+        };
+        let bucket = &mut p.buckets[at];
+        bucket.events = bucket.events.saturating_add(1);
+        bucket.session_seconds = bucket.session_seconds.saturating_add(u64::from(session));
+        bucket.amount += amount;
+        let keep_from = p.buckets.partition_point(|b| b.index <= horizon);
+        p.buckets.drain(..keep_from);
+        Recorded {
+            new_episode,
+            beyond_horizon: false,
+        }
+    }
+
     proptest! {
+        /// Events mostly in order with some late, over widths and horizons (a horizon
+        /// shrunk between events included): the same buckets, times and answers as a
+        /// search for every event.
+        #[test]
+        fn the_latest_bucket_paths_agree_with_a_search(
+            events in proptest::collection::vec((0i64..(3 * 86_400_000), 0u8..4, 0u32..600), 1..120),
+            width_s in prop::sample::select(vec![60u64, 3600, 86_400]),
+            retained in 35u32..60,
+            shrink_at in 0usize..120,
+        ) {
+            let wide = Windows::new(&WindowConfig { bucket_width: Duration::from_secs(width_s), retained_buckets: retained + 10 }).expect("valid");
+            let narrow = Windows::new(&WindowConfig { bucket_width: Duration::from_secs(width_s), retained_buckets: retained }).expect("valid");
+            let (mut fast, mut searched) = (UserProfile::default(), UserProfile::default());
+            let mut t = T0;
+            for (i, (step, late, session)) in events.into_iter().enumerate() {
+                // A quarter of the events come late, up to three days back.
+                let ts = if late == 0 { t - step } else { t += step / 8; t };
+                let w = if i < shrink_at { &wide } else { &narrow };
+                let amount = f64::from(session) / 10.0;
+                let a = fast.record_activity(w, ts, session, amount);
+                let b = record_by_search(&mut searched, w, ts, session, amount);
+                prop_assert_eq!(a, b);
+                // Once the horizon shrank, buckets past it may stay until the next new
+                // bucket or late event; every bucket inside it, which is all rules read, is
+                // the same.
+                let horizon = fast.latest_bucket().unwrap_or(0) - w.retained();
+                let inside = |p: &UserProfile| -> Vec<Bucket> {
+                    p.buckets.iter().filter(|b| b.index > horizon).cloned().collect()
+                };
+                if i < shrink_at {
+                    prop_assert_eq!(&fast.buckets, &searched.buckets);
+                } else {
+                    prop_assert_eq!(inside(&fast), inside(&searched));
+                }
+                prop_assert_eq!(fast.first_active_ms, searched.first_active_ms);
+                prop_assert_eq!(fast.last_active_ms, searched.last_active_ms);
+            }
+        }
+
         /// Whatever the order of events, buckets stay sorted, unique, within the horizon, and
         /// agree with a recount of the events inside it.
         #[test]
