@@ -3,6 +3,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_util::{FutureExt, StreamExt};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
@@ -250,21 +251,30 @@ impl Source {
         idle_wait: Duration,
     ) -> Result<Vec<BorrowedMessage<'_>>, KafkaError> {
         let mut batch = Vec::new();
-        match timeout(idle_wait, self.consumer.recv()).await {
+        // One stream for the batch: each `recv` registers a waker slot and drops it again,
+        // under a lock each time.
+        let mut stream = self.consumer.stream();
+        match timeout(idle_wait, stream.next()).await {
             Err(_) => return Ok(batch),
-            Ok(first) => match survivable(first)? {
+            Ok(first) => match first.map(survivable).transpose()?.flatten() {
                 Some(message) => batch.push(message),
                 None => return Ok(batch),
             },
         }
         let deadline = Instant::now() + max_wait;
         while batch.len() < max_records {
-            match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
-                Err(_) => break,
-                Ok(next) => match survivable(next)? {
-                    Some(message) => batch.push(message),
-                    None => break,
+            // Records already fetched are taken without arming a timer for each; only an
+            // empty queue waits, until the deadline.
+            let next = match stream.next().now_or_never() {
+                Some(next) => next,
+                None => match tokio::time::timeout_at(deadline, stream.next()).await {
+                    Err(_) => break,
+                    Ok(next) => next,
                 },
+            };
+            match next.map(survivable).transpose()?.flatten() {
+                Some(message) => batch.push(message),
+                None => break,
             }
         }
         Ok(batch)
