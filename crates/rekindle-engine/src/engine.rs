@@ -1,6 +1,6 @@
 use std::collections::HashMap;
 
-use rekindle_events::{ActivityEvent, AuditRecord, EventDecoder, EventError, EventKind};
+use rekindle_events::{ActivityView, AuditRecord, EventDecoder, EventError, EventKind};
 use rekindle_rules::{
     Activity, CountStep, Growth, GrowthFigures, LifecycleStage, Outcome, RuleBook, Verdict, Wake,
     MAX_SEGMENTS, RETENTION_DAYS,
@@ -265,12 +265,12 @@ impl Engine {
             RecordKind::Avro {
                 payload,
                 timestamp_ms,
-            } => match self.config.decoder.decode(payload) {
+            } => match self.config.decoder.decode_view(payload) {
                 Ok(event) => self.apply(partition, offset, event, timestamp_ms, out)?,
                 Err(error) => self.malformed(partition, offset, error),
             },
             RecordKind::Event { event, ingest_ms } => {
-                self.apply(partition, offset, *event, ingest_ms, out)?
+                self.apply(partition, offset, event.view(), ingest_ms, out)?
             }
             RecordKind::Unreadable(error) => self.malformed(partition, offset, error),
         };
@@ -294,7 +294,7 @@ impl Engine {
         &mut self,
         partition: u32,
         offset: i64,
-        event: ActivityEvent,
+        event: ActivityView<'_>,
         ingest_ms: Option<i64>,
         out: &mut Emitted,
     ) -> Result<Disposition, EngineError> {
@@ -316,7 +316,7 @@ impl Engine {
             .get_mut(&partition)
             .ok_or_else(|| missing(partition))?;
         let now = state.clock_ms();
-        let user = event.user_id.as_str();
+        let user = event.user_id;
         let growth = self
             .config
             .growth
@@ -358,7 +358,7 @@ impl Engine {
                     timestamp_ms: event.timestamp_ms,
                     session_seconds: u32::try_from(event.session_seconds).unwrap_or(0),
                     amount: event.amount,
-                    timezone: event.timezone.as_deref(),
+                    timezone: event.timezone,
                 };
                 Some(rules.on_activity(user, profile, activity, now, outcome))
             }

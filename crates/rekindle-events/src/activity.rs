@@ -39,9 +39,79 @@ const MIN_TIMESTAMP_MS: i64 = 946_684_800_000;
 /// 2100-01-01T00:00:00Z. Later ones are taken for unit mistakes (microseconds).
 const MAX_TIMESTAMP_MS: i64 = 4_102_444_800_000;
 
+/// An [`ActivityEvent`] as the engine reads it: its strings borrowed from the record it was
+/// decoded from, its attributes (which no rule reads) skipped, so that decoding allocates
+/// nothing per event.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+pub struct ActivityView<'a> {
+    pub event_id: &'a str,
+    pub user_id: &'a str,
+    pub event_type: &'a str,
+    /// Event time, milliseconds since the Unix epoch.
+    pub timestamp_ms: i64,
+    #[serde(default)]
+    pub session_seconds: i32,
+    #[serde(default)]
+    pub amount: f64,
+    #[serde(default, borrow)]
+    pub timezone: Option<&'a str>,
+    /// Read and checked as the owned event's are (so that both refuse the same bytes), and
+    /// not kept.
+    #[serde(default)]
+    attributes: SkippedAttributes,
+}
+
+/// A map of strings read entry by entry and dropped.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct SkippedAttributes;
+
+impl<'de> Deserialize<'de> for SkippedAttributes {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Entries;
+        impl<'de> serde::de::Visitor<'de> for Entries {
+            type Value = SkippedAttributes;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a map of strings")
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(
+                self,
+                mut map: M,
+            ) -> Result<Self::Value, M::Error> {
+                while map.next_entry::<&'de str, &'de str>()?.is_some() {}
+                Ok(SkippedAttributes)
+            }
+        }
+        deserializer.deserialize_map(Entries)
+    }
+}
+
 impl ActivityEvent {
+    pub fn view(&self) -> ActivityView<'_> {
+        ActivityView {
+            event_id: &self.event_id,
+            user_id: &self.user_id,
+            event_type: &self.event_type,
+            timestamp_ms: self.timestamp_ms,
+            session_seconds: self.session_seconds,
+            amount: self.amount,
+            timezone: self.timezone.as_deref(),
+            attributes: SkippedAttributes,
+        }
+    }
+
     pub fn kind(&self) -> EventKind {
-        match self.event_type.as_str() {
+        self.view().kind()
+    }
+
+    /// Rejects events no rule could use. Checked after decoding, before any state is touched.
+    pub fn validate(&self) -> Result<(), EventError> {
+        self.view().validate()
+    }
+}
+
+impl ActivityView<'_> {
+    pub fn kind(&self) -> EventKind {
+        match self.event_type {
             "opt_out" => EventKind::OptOut,
             "opt_in" => EventKind::OptIn,
             "user_deleted" => EventKind::UserDeleted,
@@ -49,7 +119,7 @@ impl ActivityEvent {
         }
     }
 
-    /// Rejects events no rule could use. Checked after decoding, before any state is touched.
+    /// See [`ActivityEvent::validate`].
     pub fn validate(&self) -> Result<(), EventError> {
         if self.user_id.is_empty() {
             return Err(EventError::Invalid("missing user_id"));

@@ -13,7 +13,7 @@ use apache_avro::reader::datum::GenericDatumReader;
 use apache_avro::writer::datum::GenericDatumWriter;
 use apache_avro::Schema;
 
-use crate::{ActivityEvent, AuditRecord, EventError, ReactivationTrigger};
+use crate::{ActivityEvent, ActivityView, AuditRecord, EventError, ReactivationTrigger};
 
 pub const ACTIVITY_SCHEMA_JSON: &str = include_str!("../../../schemas/activity_event.avsc");
 pub const TRIGGER_SCHEMA_JSON: &str = include_str!("../../../schemas/reactivation_trigger.avsc");
@@ -85,16 +85,27 @@ impl EventDecoder {
             payload,
         )
     }
+
+    /// As [`EventDecoder::decode`], the strings borrowed from `payload` and the attributes
+    /// skipped (read past, still checked against the schema): the engine's per-record path.
+    pub fn decode_view<'a>(&self, payload: &'a [u8]) -> Result<ActivityView<'a>, EventError> {
+        decode_payload(
+            |datum| decode_event_datum(&self.schema, datum),
+            &self.accepted_schema_ids,
+            self.max_payload_bytes,
+            payload,
+        )
+    }
 }
 
-fn decode_event_datum(
+fn decode_event_datum<'a, T: serde::Deserialize<'a>>(
     schema: &serde_avro_fast::Schema,
-    datum: &[u8],
-) -> Result<ActivityEvent, EventError> {
+    datum: &'a [u8],
+) -> Result<T, EventError> {
     use std::io::BufRead;
     let mut state = serde_avro_fast::de::DeserializerState::from_slice(datum, schema);
-    let event = <ActivityEvent as serde::Deserialize>::deserialize(state.deserializer())
-        .map_err(|e| EventError::Avro(e.to_string()))?;
+    let event =
+        T::deserialize(state.deserializer()).map_err(|e| EventError::Avro(e.to_string()))?;
     let mut rest = state.into_reader();
     let trailing = rest.fill_buf().map(<[u8]>::len).unwrap_or(0);
     if trailing > 0 {
@@ -131,11 +142,11 @@ impl TriggerDecoder {
     }
 }
 
-fn decode_payload<T>(
-    decode_datum: impl Fn(&[u8]) -> Result<T, EventError>,
+fn decode_payload<'a, T>(
+    decode_datum: impl Fn(&'a [u8]) -> Result<T, EventError>,
     accepted_schema_ids: &[u32],
     max_payload_bytes: usize,
-    payload: &[u8],
+    payload: &'a [u8],
 ) -> Result<T, EventError> {
     if payload.is_empty() {
         return Err(EventError::Empty);
@@ -594,6 +605,7 @@ mod tests {
     /// the event the reference reads from them (a varint with bits past 64, which
     /// apache-avro drops).
     fn assert_decoders_agree(bytes: &[u8]) -> Result<(), TestCaseError> {
+        assert_view_agrees(bytes)?;
         match (decoder().decode(bytes), reference_decode(bytes)) {
             (Ok(fast), Ok(reference)) => {
                 prop_assert!(same_event(&fast, &reference), "{fast:?} != {reference:?}")
@@ -617,6 +629,26 @@ mod tests {
             (Ok(fast), Err(reference)) => {
                 prop_assert!(false, "fast {fast:?}, reference {reference} for {bytes:?}")
             }
+        }
+        Ok(())
+    }
+
+    /// The borrowed view reads what the owned decode reads, and refuses what it refuses.
+    fn assert_view_agrees(bytes: &[u8]) -> Result<(), TestCaseError> {
+        let decoder = decoder();
+        match (decoder.decode_view(bytes), decoder.decode(bytes)) {
+            (Ok(view), Ok(event)) => {
+                fn fields<'a>(v: ActivityView<'a>) -> impl PartialEq + std::fmt::Debug + 'a {
+                    (
+                        (v.event_id, v.user_id, v.event_type),
+                        (v.timestamp_ms, v.session_seconds, v.amount.to_bits()),
+                        v.timezone,
+                    )
+                }
+                prop_assert_eq!(fields(view), fields(event.view()));
+            }
+            (Err(view), Err(owned)) => prop_assert_eq!(view.to_string(), owned.to_string()),
+            (view, owned) => prop_assert!(false, "view {view:?}, owned {owned:?} for {bytes:?}"),
         }
         Ok(())
     }

@@ -15,7 +15,7 @@ mod error;
 mod replay_line;
 mod trigger;
 
-pub use activity::{ActivityEvent, EventKind};
+pub use activity::{ActivityEvent, ActivityView, EventKind};
 pub use codec::{
     encode_event, AuditDecoder, AuditEncoder, EventDecoder, TriggerDecoder, TriggerEncoder,
     ACTIVITY_SCHEMA_JSON, AUDIT_SCHEMA_JSON, TRIGGER_SCHEMA_JSON,
