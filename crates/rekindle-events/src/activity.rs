@@ -40,8 +40,8 @@ const MIN_TIMESTAMP_MS: i64 = 946_684_800_000;
 const MAX_TIMESTAMP_MS: i64 = 4_102_444_800_000;
 
 /// An [`ActivityEvent`] as the engine reads it: its strings borrowed from the record it was
-/// decoded from, its attributes (which no rule reads) skipped, so that decoding allocates
-/// nothing per event.
+/// decoded from and its attributes (which no rule reads) read past, so that decoding
+/// allocates nothing per event.
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
 pub struct ActivityView<'a> {
     pub event_id: &'a str,

@@ -247,13 +247,7 @@ impl UserProfile {
                 0
             }
             Some(latest) if index > latest => {
-                let horizon = index - windows.retained();
-                let gone = self
-                    .buckets
-                    .iter()
-                    .take_while(|b| b.index <= horizon)
-                    .count();
-                self.buckets.drain(..gone);
+                self.drop_buckets_through(index - windows.retained());
                 // One more slot, not double: a cached profile gains a bucket a day, and a
                 // vector grown by doubling would carry as many empty slots as buckets.
                 self.buckets.reserve_exact(1);
@@ -273,12 +267,7 @@ impl UserProfile {
                 }
                 // Buckets past the horizon are only there after `state.retained_buckets`
                 // shrank; they go with the next late event or the next new bucket.
-                let gone = self
-                    .buckets
-                    .iter()
-                    .take_while(|b| b.index <= horizon)
-                    .count();
-                self.buckets.drain(..gone);
+                self.drop_buckets_through(horizon);
                 match self.buckets.binary_search_by_key(&index, |b| b.index) {
                     Ok(at) => at,
                     Err(at) => {
@@ -306,6 +295,16 @@ impl UserProfile {
             new_episode,
             beyond_horizon: false,
         }
+    }
+
+    /// Drops the buckets at or before `horizon`: the oldest, at the front.
+    fn drop_buckets_through(&mut self, horizon: i64) {
+        let gone = self
+            .buckets
+            .iter()
+            .take_while(|b| b.index <= horizon)
+            .count();
+        self.buckets.drain(..gone);
     }
 
     /// Sums over the buckets with `from <= index <= to`.
