@@ -122,6 +122,10 @@ pub struct PartitionState {
     /// The stored index holds nothing at or before this time: the last flush removed it
     /// with a range deletion (see [`PartitionState::dead_through`]). `None` until then.
     removed_through: Option<i64>,
+    /// An entry fired since the last flush: only then does a flush remove a range. A range
+    /// deletion is a tombstone every later read of the index steps over until compaction,
+    /// so a partition whose clock moves with nothing due adds none.
+    fired: bool,
     /// Flushes so far: the clock of the profile cache's eviction.
     batch: u64,
     /// The position or counts changed since the last flush.
@@ -160,6 +164,7 @@ impl PartitionState {
             timer_moves: HashMap::default(),
             timers,
             removed_through: None,
+            fired: false,
             batch: 0,
             meta_dirty: false,
             growth,
@@ -422,6 +427,7 @@ impl PartitionState {
                     return Ok(None);
                 };
                 self.record_move(&key.1, Some(key.0), None);
+                self.fired = true;
                 self.meta_dirty = true;
                 self.meta.pending_timers = self.meta.pending_timers.saturating_sub(1);
                 return Ok(Some(DueTimer {
@@ -536,7 +542,7 @@ impl PartitionState {
         // it and covers only the deletions in between.
         let dead_through = self.dead_through();
         let range = dead_through
-            .filter(|d| self.removed_through < Some(*d))
+            .filter(|d| self.fired && self.removed_through < Some(*d))
             .map(|d| {
                 (
                     self.removed_through
@@ -596,6 +602,7 @@ impl PartitionState {
         if let Some((_, to)) = range {
             self.removed_through = Some(to);
         }
+        self.fired = false;
         self.batch += 1;
         Ok(())
     }
