@@ -78,17 +78,16 @@ impl EventDecoder {
     }
 
     pub fn decode(&self, payload: &[u8]) -> Result<ActivityEvent, EventError> {
-        decode_payload(
-            |datum| decode_event_datum(&self.schema, datum),
-            &self.accepted_schema_ids,
-            self.max_payload_bytes,
-            payload,
-        )
+        self.decode_as(payload)
     }
 
     /// As [`EventDecoder::decode`], the strings borrowed from `payload` and the attributes
     /// skipped (read past, still checked against the schema): the engine's per-record path.
     pub fn decode_view<'a>(&self, payload: &'a [u8]) -> Result<ActivityView<'a>, EventError> {
+        self.decode_as(payload)
+    }
+
+    fn decode_as<'a, T: serde::Deserialize<'a>>(&self, payload: &'a [u8]) -> Result<T, EventError> {
         decode_payload(
             |datum| decode_event_datum(&self.schema, datum),
             &self.accepted_schema_ids,

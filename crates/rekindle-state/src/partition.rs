@@ -122,10 +122,6 @@ pub struct PartitionState {
     /// The stored index holds nothing at or before this time: the last flush removed it
     /// with a range deletion (see [`PartitionState::dead_through`]). `None` until then.
     removed_through: Option<i64>,
-    /// An entry fired since the last flush: only then does a flush remove a range. A range
-    /// deletion is a tombstone every later read of the index steps over until compaction,
-    /// so a partition whose clock moves with nothing due adds none.
-    fired: bool,
     /// Flushes so far: the clock of the profile cache's eviction.
     batch: u64,
     /// The position or counts changed since the last flush.
@@ -164,7 +160,6 @@ impl PartitionState {
             timer_moves: HashMap::default(),
             timers,
             removed_through: None,
-            fired: false,
             batch: 0,
             meta_dirty: false,
             growth,
@@ -427,7 +422,6 @@ impl PartitionState {
                     return Ok(None);
                 };
                 self.record_move(&key.1, Some(key.0), None);
-                self.fired = true;
                 self.meta_dirty = true;
                 self.meta.pending_timers = self.meta.pending_timers.saturating_sub(1);
                 return Ok(Some(DueTimer {
@@ -536,13 +530,12 @@ impl PartitionState {
             write_profile_key(&mut key, self.partition, user);
             batch.delete_cf(profiles_cf, &key);
         }
-        // In key order, each kind: RocksDB inserts keys that follow the last one cheaply.
         // Entries up to the last range deleted are gone, but a batch may arm an entry at a
         // time before it (an event older than the clock), so this flush's range starts after
         // it and covers only the deletions in between.
-        let dead_through = self.dead_through();
-        let range = dead_through
-            .filter(|d| self.fired && self.removed_through < Some(*d))
+        let range = self
+            .dead_through()
+            .filter(|d| self.removed_through < Some(*d))
             .map(|d| {
                 (
                     self.removed_through
@@ -552,18 +545,25 @@ impl PartitionState {
             });
         let mut timers_deleted: Vec<(i64, &str)> = Vec::with_capacity(self.timer_moves.len());
         let mut timers_put: Vec<(i64, &str, &Vec<u8>)> = Vec::with_capacity(self.timer_moves.len());
+        // Whether the range stands for any deletion: a range deletion is a tombstone every
+        // later read of the index steps over until compaction, so a flush with nothing in
+        // it (a clock tick with nothing due) writes none.
+        let mut range_used = false;
         for (user, moved) in &self.timer_moves {
             let current = moved.current.as_ref().map(|(at, _)| *at);
-            if let Some(stored) = moved.stored.filter(|s| {
-                current != Some(*s) && !range.is_some_and(|(from, to)| (from..=to).contains(s))
-            }) {
-                timers_deleted.push((stored, user));
+            if let Some(stored) = moved.stored.filter(|s| current != Some(*s)) {
+                if range.is_some_and(|(from, to)| (from..=to).contains(&stored)) {
+                    range_used = true;
+                } else {
+                    timers_deleted.push((stored, user));
+                }
             }
             if let Some((at, value)) = &moved.current {
                 // Even over a stored entry at the same time: its value may differ.
                 timers_put.push((*at, user, value));
             }
         }
+        let range = range.filter(|_| range_used);
         if let Some((from, to)) = range {
             batch.delete_range_cf(
                 timers_cf,
@@ -571,6 +571,7 @@ impl PartitionState {
                 timer_seek(self.partition, to.saturating_add(1)),
             );
         }
+        // In key order, each kind: RocksDB inserts keys that follow the last one cheaply.
         timers_deleted.sort_unstable();
         for (due, user) in timers_deleted {
             write_timer_key(&mut key, self.partition, due, user);
@@ -602,7 +603,6 @@ impl PartitionState {
         if let Some((_, to)) = range {
             self.removed_through = Some(to);
         }
-        self.fired = false;
         self.batch += 1;
         Ok(())
     }

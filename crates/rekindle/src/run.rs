@@ -844,9 +844,6 @@ fn is_abortable(e: &anyhow::Error) -> bool {
     }
 }
 
-/// Fault injection for the tests: dies where a crash hurts most, once a commit's triggers
-/// are in Kafka and before anything records that (the changelog, or the local state in
-/// exactly-once mode, where the changelog went out in the same transaction).
 /// How much later pipeline `index` joins the group, from [`PIPELINE_JOIN_DELAY`].
 fn join_delay(index: usize) -> Option<Duration> {
     let per_pipeline: u64 = std::env::var(PIPELINE_JOIN_DELAY).ok()?.parse().ok()?;
@@ -854,6 +851,9 @@ fn join_delay(index: usize) -> Option<Duration> {
     (!delay.is_zero()).then_some(delay)
 }
 
+/// Fault injection for the tests: dies where a crash hurts most, once a commit's triggers
+/// are in Kafka and before anything records that (the changelog, or the local state in
+/// exactly-once mode, where the changelog went out in the same transaction).
 struct CrashPoint {
     after: Option<u64>,
     commits: std::cell::Cell<u64>,
