@@ -2,11 +2,11 @@ use std::collections::HashMap;
 
 use rekindle_events::{ActivityView, AuditRecord, EventDecoder, EventError, EventKind};
 use rekindle_rules::{
-    Activity, CountStep, Growth, GrowthFigures, LifecycleStage, Outcome, RuleBook, Verdict, Wake,
+    Activity, CountStep, Growth, GrowthFigures, Outcome, RuleBook, StageChange, Verdict, Wake,
     MAX_SEGMENTS, RETENTION_DAYS,
 };
 use rekindle_state::{ChangelogRecord, PartitionState, Store};
-use rekindle_telemetry::{Metrics, PartitionSeries};
+use rekindle_telemetry::{Metrics, PartitionSeries, StageTransitions};
 use tracing::{debug, info, warn};
 
 use crate::{Emitted, EngineError, Record, RecordKind};
@@ -56,6 +56,7 @@ pub struct Engine {
     /// Metric series resolved once per partition, not once per record.
     partition_series: HashMap<u32, PartitionSeries>,
     metrics: Metrics,
+    transitions: StageTransitions,
     /// Reused across evaluations so the per-event path does not allocate for it.
     outcome: Outcome,
     /// Every arm of the configured experiments: (rule, experiment, arm).
@@ -95,6 +96,7 @@ impl Engine {
             config,
             partitions: HashMap::new(),
             partition_series: HashMap::new(),
+            transitions: StageTransitions::new(&metrics),
             metrics,
             outcome: Outcome::default(),
         }
@@ -380,7 +382,15 @@ impl Engine {
                 state.delete_profile(user);
             }
         }
-        report(rules, &self.metrics, &mut self.stats, state, outcome, out);
+        report(
+            rules,
+            &self.metrics,
+            &mut self.transitions,
+            &mut self.stats,
+            state,
+            outcome,
+            out,
+        );
         if let Some(series) = self.partition_series.get(&partition) {
             series.processed.inc();
         }
@@ -425,7 +435,7 @@ impl Engine {
             if !timer.value.is_empty() {
                 let plan = Wake::decode(timer.due_ms, &timer.value)?;
                 if let Some(step) = plan.steps.first() {
-                    count_step(&self.metrics, state, step);
+                    count_step(&mut self.transitions, state, step);
                 }
                 state.move_timer(&timer.user_id, None, entry(plan.after_first_step()));
                 continue;
@@ -443,7 +453,15 @@ impl Engine {
             profile.wake_at_ms = next.full_ms;
             profile.timer_entry = Some(next.next_ms());
             state.move_timer(&timer.user_id, None, entry(next));
-            report(rules, &self.metrics, &mut self.stats, state, outcome, out);
+            report(
+                rules,
+                &self.metrics,
+                &mut self.transitions,
+                &mut self.stats,
+                state,
+                outcome,
+                out,
+            );
         }
         Ok(())
     }
@@ -509,34 +527,37 @@ fn entry(plan: Wake) -> Option<(i64, Vec<u8>)> {
 }
 
 /// Counts a planned stage or segment change that came due.
-fn count_step(metrics: &Metrics, state: &mut PartitionState, step: &CountStep) {
+fn count_step(transitions: &mut StageTransitions, state: &mut PartitionState, step: &CountStep) {
     if let Some(change) = step.stage_change() {
-        state.count_stage_change(change.from.map(|s| s.index()), change.to.map(|s| s.index()));
-        metrics
-            .stage_transitions
-            .with_label_values(&[stage_label(change.from), stage_label(change.to)])
-            .inc();
+        count_stage_change(transitions, state, change);
     }
     if let Some(change) = step.segment_change() {
         state.count_segment_change(change.from.map(usize::from), change.to.map(usize::from));
     }
 }
 
+fn count_stage_change(
+    transitions: &mut StageTransitions,
+    state: &mut PartitionState,
+    change: StageChange,
+) {
+    let (from, to) = (change.from.map(|s| s.index()), change.to.map(|s| s.index()));
+    state.count_stage_change(from, to);
+    transitions.inc(from, to);
+}
+
 /// Turns one evaluation's outcome into output, metrics and stage counts.
 fn report(
     rules: &RuleBook,
     metrics: &Metrics,
+    transitions: &mut StageTransitions,
     stats: &mut EngineStats,
     state: &mut PartitionState,
     outcome: &mut Outcome,
     out: &mut Emitted,
 ) {
     if let Some(change) = outcome.stage_change {
-        state.count_stage_change(change.from.map(|s| s.index()), change.to.map(|s| s.index()));
-        metrics
-            .stage_transitions
-            .with_label_values(&[stage_label(change.from), stage_label(change.to)])
-            .inc();
+        count_stage_change(transitions, state, change);
     }
     for count in outcome.experiments.drain(..) {
         state.growth_mut().count_experiment(&count);
@@ -729,10 +750,6 @@ fn initialise_rule_series(metrics: &Metrics, rules: &RuleBook) {
             metrics.reactivations.with_label_values(&[id, group]);
         }
     }
-}
-
-fn stage_label(stage: Option<LifecycleStage>) -> &'static str {
-    stage.map_or("none", |s| s.as_str())
 }
 
 fn missing(partition: u32) -> EngineError {

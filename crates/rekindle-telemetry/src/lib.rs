@@ -10,4 +10,4 @@ pub use error::TelemetryError;
 pub use health::Health;
 pub use http::{bind, serve};
 pub use logging::{init_logging, LogFormat};
-pub use metrics::{Metrics, PartitionSeries, Phase};
+pub use metrics::{Metrics, PartitionSeries, Phase, StageTransitions};

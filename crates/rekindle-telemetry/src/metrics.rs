@@ -133,6 +133,39 @@ pub struct PartitionSeries {
     pub arm_users: Vec<[IntGauge; 2]>,
 }
 
+/// The lifecycle transition counters of one engine, each resolved on its first use: a
+/// label lookup hashes both labels and takes the vector's lock, once per stage change
+/// otherwise, and at a million users silence brings several changes per event. Series
+/// appear only once a transition happens, as with a lookup each time.
+pub struct StageTransitions {
+    counters: IntCounterVec,
+    /// By stage index (see [`STAGES`]), the last row and column for none.
+    cells: [[Option<IntCounter>; STAGES.len() + 1]; STAGES.len() + 1],
+}
+
+impl StageTransitions {
+    pub fn new(metrics: &Metrics) -> StageTransitions {
+        StageTransitions {
+            counters: metrics.stage_transitions.clone(),
+            cells: Default::default(),
+        }
+    }
+
+    /// Counts one change from stage `from` to stage `to`, by stage index; `None` is no
+    /// stage. An index past the known stages is counted as none.
+    pub fn inc(&mut self, from: Option<usize>, to: Option<usize>) {
+        let slot =
+            |stage: Option<usize>| stage.filter(|&i| i < STAGES.len()).unwrap_or(STAGES.len());
+        let (from, to) = (slot(from), slot(to));
+        let label = |i: usize| STAGES.get(i).copied().unwrap_or("none");
+        let Some(cell) = self.cells.get_mut(from).and_then(|row| row.get_mut(to)) else {
+            return;
+        };
+        cell.get_or_insert_with(|| self.counters.with_label_values(&[label(from), label(to)]))
+            .inc();
+    }
+}
+
 /// `window` label values of the active-user gauge.
 const WINDOWS: [&str; 3] = ["1d", "7d", "30d"];
 /// `day` label values of the retention gauges.
@@ -603,6 +636,39 @@ mod tests {
         m.partition_series("activity", 5, &[], &[]);
         m.forget_partition(5, &[], &[]);
         assert!(!pending(&m), "counted afresh after the last forget");
+    }
+
+    #[test]
+    fn stage_transitions_count_under_their_labels_and_only_once_seen() {
+        let m = Metrics::new().expect("metrics");
+        let mut transitions = StageTransitions::new(&m);
+        transitions.inc(Some(1), Some(2));
+        transitions.inc(Some(1), Some(2));
+        transitions.inc(None, Some(0));
+        transitions.inc(Some(4), None);
+        transitions.inc(Some(9), Some(0));
+        let text = m.render();
+        let series = |from: &str, to: &str| {
+            format!("rekindle_lifecycle_transitions_total{{from=\"{from}\",to=\"{to}\"}}")
+        };
+        assert!(
+            text.contains(&format!("{} 2", series("active", "at_risk"))),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("{} 2", series("none", "new"))),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("{} 1", series("churned", "none"))),
+            "{text}"
+        );
+        assert!(!text.contains(&series("new", "active")), "{text}");
+        // A second engine's counts add to the same series.
+        StageTransitions::new(&m).inc(Some(1), Some(2));
+        assert!(m
+            .render()
+            .contains(&format!("{} 3", series("active", "at_risk"))));
     }
 
     #[test]
