@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing rekindle needs on a fresh Debian machine:
 # libclang-dev, libssl-dev, prometheus (for promtool), the Python packages of the Helm chart check, and
-# a tansu broker binary (once, in ~/.cargo/bin; not with --without-broker).
+# a tansu broker binary (once, in ~/.cargo/bin).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 
@@ -40,6 +40,4 @@ if ! python3 -c "import helm_sdkpy, kubernetes_validate, yaml, moto.server" >/de
   pip_install || pip_install --break-system-packages
 fi
 
-if [ "${1:-}" != --without-broker ]; then
-  "$here/broker/tansu.sh" install
-fi
+"$here/broker/tansu.sh" install

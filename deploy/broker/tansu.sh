@@ -16,15 +16,9 @@ tansu_bin() {
 case "${1:-}" in
   install)
     if [ -n "$(tansu_bin)" ]; then exit 0; fi
-    # One install at a time: CI starts one beside the project's build, and `make test`
-    # asks again; the second waits for the first and finds tansu there.
-    mkdir -p "$HOME/.cargo"
-    exec 9>"$HOME/.cargo/.tansu-install.lock"
-    flock 9
-    if [ -n "$(tansu_bin)" ]; then exit 0; fi
     echo "tansu: installing $TANSU_VERSION (once; about 10 minutes)" >&2
-    # In a target directory of its own (cargo's temporary one), not the project's: the
-    # two builds can then run side by side, and the project's keeps only its own crates.
+    # In cargo's temporary target directory, not the project's: the project's cache then
+    # holds only the project's own crates.
     env -u CARGO_TARGET_DIR cargo install --locked tansu --version "$TANSU_VERSION" \
       --no-default-features --features dynostore
     ;;

@@ -11,7 +11,7 @@ use crate::changelog::{
 };
 use crate::error::encode;
 use crate::keys::{growth_key, partition_prefix, timer_seek, write_profile_key, write_timer_key};
-use crate::profile_cache::{EncodedProfile, ProfileCache};
+use crate::profile_cache::{EncodedBatch, ProfileCache};
 use crate::store::{OpenPartition, CF_META, CF_PROFILES, CF_TIMERS};
 use crate::{PartitionMeta, StateError, Store};
 
@@ -131,7 +131,7 @@ pub struct PartitionState {
     growth_dirty: bool,
     /// Profiles encoded for the changelog, reused by the flush that follows unless a
     /// profile was touched in between.
-    encoded: Option<Vec<(String, EncodedProfile)>>,
+    encoded: Option<EncodedBatch>,
     _open: OpenPartition,
 }
 
@@ -466,11 +466,12 @@ impl PartitionState {
         self.meta_dirty || self.growth_dirty || self.profiles.is_dirty()
     }
 
-    fn encode_profiles(&mut self) -> Result<&[(String, EncodedProfile)], StateError> {
-        if self.encoded.is_none() {
-            self.encoded = Some(self.profiles.encode_changed()?);
-        }
-        Ok(self.encoded.as_deref().unwrap_or_default())
+    fn encode_profiles(&mut self) -> Result<&EncodedBatch, StateError> {
+        let encoded = match self.encoded.take() {
+            Some(encoded) => encoded,
+            None => self.profiles.encode_changed()?,
+        };
+        Ok(self.encoded.insert(encoded))
     }
 
     /// The batch's changes as changelog records: touched profiles, deleted users, then the
@@ -481,8 +482,8 @@ impl PartitionState {
         if !self.is_dirty() {
             return Ok(records);
         }
-        for (user, value) in self.encode_profiles()? {
-            records.push(profile_record(user, &value.bytes));
+        for (user, value) in self.encode_profiles()?.iter() {
+            records.push(profile_record(user, value.bytes));
         }
         for user in self.profiles.deleted() {
             records.push(tombstone(user));
@@ -505,24 +506,21 @@ impl PartitionState {
         if changelog_next.is_some() {
             self.meta.changelog_next = changelog_next;
         }
-        self.encode_profiles()?;
+        let encoded = match self.encoded.take() {
+            Some(encoded) => encoded,
+            None => self.profiles.encode_changed()?,
+        };
         let profiles_cf = self.store.cf(CF_PROFILES)?;
         let timers_cf = self.store.cf(CF_TIMERS)?;
         let meta_cf = self.store.cf(CF_META)?;
-        let encoded = self.encoded.as_deref().unwrap_or_default();
         // Sized up front: RocksDB appends every entry to one buffer, which otherwise grows
         // by copying itself a dozen times in a large commit.
         let timer_entries = self.timer_moves.len() * 2;
-        let bytes = encoded
-            .iter()
-            .map(|(user, value)| user.len() + value.bytes.len() + 16)
-            .sum::<usize>()
-            + timer_entries * 48
-            + 1024;
+        let bytes = encoded.data_bytes() + encoded.len() * 16 + timer_entries * 48 + 1024;
         let mut batch = WriteBatch::with_capacity_bytes(bytes);
         let next_offset = self.resume_offset();
         let mut key = Vec::with_capacity(64);
-        for (user, value) in encoded {
+        for (user, value) in encoded.iter() {
             write_profile_key(&mut key, self.partition, user);
             batch.put_cf(profiles_cf, &key, value.stored(next_offset));
         }
@@ -593,10 +591,9 @@ impl PartitionState {
         self.store.write(batch)?;
         self.meta_dirty = false;
         self.growth_dirty = false;
-        let written = self.encoded.take().unwrap_or_default();
         self.profiles.settle(
             self.store.profile_cache_share(),
-            &written,
+            &encoded,
             self.store.profile_bytes_share(),
         );
         self.timer_moves.clear();

@@ -33,7 +33,6 @@ use crate::{StateError, Store};
 pub(crate) const MIN_BATCH_PROFILES: usize = 1_024;
 
 /// A changed profile as a commit writes it.
-#[derive(Clone)]
 pub(crate) struct EncodedProfile {
     /// The whole stored form, as the changelog carries it.
     pub(crate) bytes: Vec<u8>,
@@ -45,30 +44,145 @@ pub(crate) struct EncodedProfile {
 impl EncodedProfile {
     pub(crate) fn of(profile: &UserProfile) -> Result<EncodedProfile, StateError> {
         let mut bytes = Vec::with_capacity(rekindle_rules::ENCODED_PROFILE_BYTES);
-        let body = rekindle_rules::encode_profile(profile, &mut bytes).map_err(|e| {
-            StateError::Encode {
-                what: "profile",
-                reason: e.to_string(),
-            }
-        })?;
+        let body = encode_into(profile, &mut bytes)?;
         Ok(EncodedProfile {
             bytes,
             body,
             applied_offset: profile.applied_offset,
         })
     }
+}
 
+/// Appends the profile's stored form to `out`; returns its length without the applied
+/// offset.
+fn encode_into(profile: &UserProfile, out: &mut Vec<u8>) -> Result<usize, StateError> {
+    rekindle_rules::encode_profile(profile, out).map_err(|e| StateError::Encode {
+        what: "profile",
+        reason: e.to_string(),
+    })
+}
+
+/// What the store keeps of an encoded profile when the same write moves the partition's
+/// position to `next_offset`: without the applied offset when it lies below that position.
+/// The offset only tells a profile that is ahead of its partition's stored position (one
+/// restored from a changelog that ran ahead) which events to skip; a profile written with a
+/// position past all its events has none to skip. Read back, it has no offset, which means
+/// exactly that.
+fn stored_form(bytes: &[u8], body: usize, applied: Option<i64>, next: Option<i64>) -> &[u8] {
+    match (applied, next) {
+        (Some(applied), Some(next)) if applied < next => bytes.get(..body).unwrap_or(bytes),
+        _ => bytes,
+    }
+}
+
+/// The batch's changed profiles as a commit writes them, in user order: every id in one
+/// string and every stored form in one buffer. The flush, the changelog and the stored-form
+/// cache only read them, so one allocation each for the batch replaces an id and a buffer
+/// per profile, and sorting moves small entries instead of strings.
+#[derive(Default)]
+pub(crate) struct EncodedBatch {
+    ids: String,
+    bytes: Vec<u8>,
+    entries: Vec<EncodedEntry>,
+}
+
+struct EncodedEntry {
+    id: std::ops::Range<usize>,
+    /// The whole stored form, as the changelog carries it.
+    bytes: std::ops::Range<usize>,
+    /// Its length without the applied offset.
+    body: usize,
+    applied_offset: Option<i64>,
+}
+
+/// One profile of an [`EncodedBatch`].
+pub(crate) struct EncodedRef<'a> {
+    /// The whole stored form, with the applied offset if the profile has one.
+    pub(crate) bytes: &'a [u8],
+    body: usize,
+    applied_offset: Option<i64>,
+}
+
+impl EncodedRef<'_> {
     /// What the store keeps when the same write moves the partition's position to
-    /// `next_offset`: without the applied offset when it lies below that position. The
-    /// offset only tells a profile that is ahead of its partition's stored position (one
-    /// restored from a changelog that ran ahead) which events to skip; a profile written
-    /// with a position past all its events has none to skip. Read back, it has no offset,
-    /// which means exactly that.
+    /// `next_offset` (see [`stored_form`]).
     pub(crate) fn stored(&self, next_offset: Option<i64>) -> &[u8] {
-        match (self.applied_offset, next_offset) {
-            (Some(applied), Some(next)) if applied < next => &self.bytes[..self.body],
-            _ => &self.bytes,
+        stored_form(self.bytes, self.body, self.applied_offset, next_offset)
+    }
+}
+
+impl EncodedBatch {
+    fn with_capacity(profiles: usize) -> EncodedBatch {
+        EncodedBatch {
+            ids: String::with_capacity(profiles * 16),
+            bytes: Vec::with_capacity(profiles * rekindle_rules::ENCODED_PROFILE_BYTES),
+            entries: Vec::with_capacity(profiles),
         }
+    }
+
+    fn push_id(&mut self, user_id: &str) -> std::ops::Range<usize> {
+        let start = self.ids.len();
+        self.ids.push_str(user_id);
+        start..self.ids.len()
+    }
+
+    fn encode(&mut self, user_id: &str, profile: &UserProfile) -> Result<(), StateError> {
+        let id = self.push_id(user_id);
+        let start = self.bytes.len();
+        let body = encode_into(profile, &mut self.bytes)?;
+        self.entries.push(EncodedEntry {
+            id,
+            bytes: start..self.bytes.len(),
+            body,
+            applied_offset: profile.applied_offset,
+        });
+        Ok(())
+    }
+
+    fn copy(&mut self, user_id: &str, encoded: &EncodedProfile) {
+        let id = self.push_id(user_id);
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(&encoded.bytes);
+        self.entries.push(EncodedEntry {
+            id,
+            bytes: start..self.bytes.len(),
+            body: encoded.body,
+            applied_offset: encoded.applied_offset,
+        });
+    }
+
+    fn id(&self, entry: &EncodedEntry) -> &str {
+        // Ranges this batch cut at the ends of whole ids: always on character boundaries.
+        self.ids.get(entry.id.clone()).unwrap_or_default()
+    }
+
+    fn sort(&mut self) {
+        let mut entries = std::mem::take(&mut self.entries);
+        entries.sort_unstable_by(|a, b| self.id(a).cmp(self.id(b)));
+        self.entries = entries;
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// The bytes of every id and stored form together.
+    pub(crate) fn data_bytes(&self) -> usize {
+        self.ids.len() + self.bytes.len()
+    }
+
+    /// Each profile with its user id, in user order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&str, EncodedRef<'_>)> {
+        self.entries.iter().map(|entry| {
+            (
+                self.id(entry),
+                EncodedRef {
+                    bytes: self.bytes.get(entry.bytes.clone()).unwrap_or_default(),
+                    body: entry.body,
+                    applied_offset: entry.applied_offset,
+                },
+            )
+        })
     }
 }
 
@@ -188,30 +302,25 @@ impl ProfileCache {
     /// The batch's changed profiles, encoded, in user order: RocksDB's memtable inserts a
     /// sorted run next to the previous key instead of searching its skip list from the top
     /// for each one.
-    pub(crate) fn encode_changed(&self) -> Result<Vec<(String, EncodedProfile)>, StateError> {
-        let mut encoded = Vec::with_capacity(self.changed());
+    pub(crate) fn encode_changed(&self) -> Result<EncodedBatch, StateError> {
+        let mut encoded = EncodedBatch::with_capacity(self.changed());
         for (user, entry) in self.map.iter().filter(|(_, e)| e.dirty) {
-            encoded.push((user.clone(), EncodedProfile::of(&entry.profile)?));
+            encoded.encode(user, &entry.profile)?;
         }
         for (user, spilled) in &self.spilled {
-            encoded.push((user.clone(), spilled.clone()));
+            encoded.copy(user, spilled);
         }
-        encoded.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        encoded.sort();
         Ok(encoded)
     }
 
     /// After the batch was written: everything in memory is a clean copy again, cut to 90 %
     /// of `share` when over it. `written`: the profiles the flush wrote, whose stored forms
     /// stay within `warm_share` bytes.
-    pub(crate) fn settle(
-        &mut self,
-        share: usize,
-        written: &[(String, EncodedProfile)],
-        warm_share: usize,
-    ) {
+    pub(crate) fn settle(&mut self, share: usize, written: &EncodedBatch, warm_share: usize) {
         if warm_share > 0 {
-            for (user, encoded) in written {
-                self.warm.insert(user, &encoded.bytes);
+            for (user, encoded) in written.iter() {
+                self.warm.insert(user, encoded.bytes);
             }
             if self.warm.memory() > warm_share {
                 self.warm.sweep(warm_share - warm_share / 10);
@@ -310,5 +419,83 @@ impl ProfileCache {
     #[cfg(test)]
     pub(crate) fn is_spilled(&self, user_id: &str) -> bool {
         self.spilled.contains_key(user_id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn profile(last_active_ms: i64, applied_offset: Option<i64>) -> UserProfile {
+        UserProfile {
+            last_active_ms,
+            first_active_ms: last_active_ms - 1_000,
+            applied_offset,
+            ..UserProfile::default()
+        }
+    }
+
+    #[test]
+    fn a_commit_encodes_changed_and_spilled_profiles_in_user_order() {
+        let mut cache = ProfileCache::default();
+        for (i, user) in ["dave", "bob", "erin", "ann"].into_iter().enumerate() {
+            let dirty = user != "erin";
+            cache.map.insert(
+                user.to_string(),
+                Cached {
+                    profile: Box::new(profile(1_000 * i as i64, None)),
+                    dirty,
+                    used: 0,
+                },
+            );
+            cache.dirty_in_map += usize::from(dirty);
+        }
+        for user in ["carol", "aaron"] {
+            let encoded = EncodedProfile::of(&profile(5_000, Some(3))).expect("encode");
+            cache.spilled.insert(user.to_string(), encoded);
+        }
+        let batch = cache.encode_changed().expect("encode");
+        let ids: Vec<&str> = batch.iter().map(|(id, _)| id).collect();
+        assert_eq!(ids, ["aaron", "ann", "bob", "carol", "dave"]);
+    }
+
+    #[test]
+    fn an_encoded_batch_holds_each_profile_in_user_order_as_encoded_alone() {
+        let profiles = [
+            ("carol", profile(30_000, Some(7))),
+            ("ann", profile(10_000, None)),
+            ("bob-ü", profile(20_000, Some(12))),
+        ];
+        let mut batch = EncodedBatch::with_capacity(1);
+        batch.encode(profiles[0].0, &profiles[0].1).expect("encode");
+        let spilled = EncodedProfile::of(&profiles[1].1).expect("encode");
+        batch.copy(profiles[1].0, &spilled);
+        batch.encode(profiles[2].0, &profiles[2].1).expect("encode");
+        batch.sort();
+        let ids: Vec<&str> = batch.iter().map(|(id, _)| id).collect();
+        assert_eq!(ids, ["ann", "bob-ü", "carol"]);
+        assert_eq!(batch.len(), 3);
+        for (id, encoded) in batch.iter() {
+            let (_, profile) = profiles.iter().find(|(p, _)| *p == id).expect("known id");
+            let alone = EncodedProfile::of(profile).expect("encode");
+            assert_eq!(encoded.bytes, &alone.bytes[..], "{id}");
+            let decoded = decode_profile("test", 0, encoded.bytes).expect("decode");
+            assert_eq!(&decoded, profile, "{id}");
+            // Below the position the applied offset is left out; at or past it, kept.
+            let without = encoded.stored(Some(100));
+            assert_eq!(without, &alone.bytes[..alone.body], "{id}");
+            assert_eq!(
+                decode_profile("test", 0, without)
+                    .expect("decode")
+                    .applied_offset,
+                None
+            );
+            assert_eq!(encoded.stored(Some(7)), encoded.bytes, "{id}");
+            assert_eq!(encoded.stored(None), encoded.bytes, "{id}");
+        }
+        assert_eq!(
+            batch.data_bytes(),
+            "annbob-ücarol".len() + batch.iter().map(|(_, e)| e.bytes.len()).sum::<usize>()
+        );
     }
 }
