@@ -466,11 +466,17 @@ impl PartitionState {
         self.meta_dirty || self.growth_dirty || self.profiles.is_dirty()
     }
 
+    /// The batch's changed profiles encoded: those the changelog records were made from if
+    /// nothing changed since, else encoded now.
+    fn take_encoded(&mut self) -> Result<EncodedBatch, StateError> {
+        match self.encoded.take() {
+            Some(encoded) => Ok(encoded),
+            None => self.profiles.encode_changed(),
+        }
+    }
+
     fn encode_profiles(&mut self) -> Result<&EncodedBatch, StateError> {
-        let encoded = match self.encoded.take() {
-            Some(encoded) => encoded,
-            None => self.profiles.encode_changed()?,
-        };
+        let encoded = self.take_encoded()?;
         Ok(self.encoded.insert(encoded))
     }
 
@@ -506,10 +512,7 @@ impl PartitionState {
         if changelog_next.is_some() {
             self.meta.changelog_next = changelog_next;
         }
-        let encoded = match self.encoded.take() {
-            Some(encoded) => encoded,
-            None => self.profiles.encode_changed()?,
-        };
+        let encoded = self.take_encoded()?;
         let profiles_cf = self.store.cf(CF_PROFILES)?;
         let timers_cf = self.store.cf(CF_TIMERS)?;
         let meta_cf = self.store.cf(CF_META)?;
