@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 lanes=("crash_restart rebalance" "outage exactly_once crash_restart_unlogged")
 args=()
 for lane in "${lanes[@]}"; do for t in $lane; do args+=(--test "$t"); done; done
-executables=$(cargo test --release --locked --no-run "${args[@]}" --message-format=json \
+executables=$(cargo test --release --locked --workspace --no-run "${args[@]}" --message-format=json \
   | python3 -c 'import json, sys
 for line in sys.stdin:
     message = json.loads(line)
