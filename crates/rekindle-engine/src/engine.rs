@@ -1,14 +1,14 @@
 use std::collections::HashMap;
 
-use rekindle_events::{ActivityView, AuditRecord, EventDecoder, EventError, EventKind};
+use rekindle_events::{ActivityView, EventDecoder, EventError, EventKind};
 use rekindle_rules::{
-    Activity, CountStep, Growth, GrowthFigures, Outcome, RuleBook, StageChange, Verdict, Wake,
-    MAX_SEGMENTS, RETENTION_DAYS,
+    Activity, Growth, GrowthFigures, Outcome, RuleBook, Wake, MAX_SEGMENTS, RETENTION_DAYS,
 };
 use rekindle_state::{ChangelogRecord, PartitionState, Store};
-use rekindle_telemetry::{Metrics, PartitionSeries, StageTransitions};
+use rekindle_telemetry::{Metrics, PartitionSeries};
 use tracing::{debug, info, warn};
 
+use crate::counters::Counters;
 use crate::{Emitted, EngineError, Record, RecordKind};
 
 /// What became of one record.
@@ -50,13 +50,12 @@ pub struct EngineStats {
 
 pub struct Engine {
     store: Store,
-    stats: EngineStats,
     config: EngineConfig,
     partitions: HashMap<u32, PartitionState>,
     /// Metric series resolved once per partition, not once per record.
     partition_series: HashMap<u32, PartitionSeries>,
-    metrics: Metrics,
-    transitions: StageTransitions,
+    /// Metrics, lifecycle transitions and running totals.
+    counters: Counters,
     /// Reused across evaluations so the per-event path does not allocate for it.
     outcome: Outcome,
     /// Every arm of the configured experiments: (rule, experiment, arm).
@@ -92,12 +91,10 @@ impl Engine {
             arms,
             arm_labels,
             store,
-            stats: EngineStats::default(),
             config,
             partitions: HashMap::new(),
             partition_series: HashMap::new(),
-            transitions: StageTransitions::new(&metrics),
-            metrics,
+            counters: Counters::new(metrics),
             outcome: Outcome::default(),
         }
     }
@@ -132,7 +129,8 @@ impl Engine {
         self.partitions.remove(&partition);
         self.partition_series.remove(&partition);
         // Another worker reports this partition's users from now on.
-        self.metrics
+        self.counters
+            .metrics
             .forget_partition(partition, self.segment_names(), &self.arm_labels);
     }
 
@@ -141,7 +139,7 @@ impl Engine {
     }
 
     pub fn stats(&self) -> EngineStats {
-        self.stats
+        self.counters.stats
     }
 
     /// Each open partition's next offset to process, for progress reporting.
@@ -214,7 +212,7 @@ impl Engine {
             // Kept through a rollback, which reopens the partition: resolving them again
             // would count this engine as holding them twice.
             if !self.partition_series.contains_key(&partition) {
-                let series = self.metrics.partition_series(
+                let series = self.counters.metrics.partition_series(
                     &self.config.topic,
                     partition,
                     self.segment_names(),
@@ -247,10 +245,10 @@ impl Engine {
         if let Some(series) = self.partition_series.get(&partition) {
             series.received.inc();
         }
-        self.stats.records += 1;
+        self.counters.stats.records += 1;
         if resume.is_some_and(|next| offset < next) {
-            self.metrics.records_skipped_replayed.inc();
-            self.stats.skipped_replayed += 1;
+            self.counters.metrics.records_skipped_replayed.inc();
+            self.counters.stats.skipped_replayed += 1;
             return Ok(Disposition::Skipped);
         }
         if let Some(next) = resume.filter(|next| offset > *next) {
@@ -259,8 +257,8 @@ impl Engine {
         }
         let disposition = match kind {
             RecordKind::Tick(time_ms) => {
-                self.metrics.clock_ticks_processed.inc();
-                self.stats.ticks += 1;
+                self.counters.metrics.clock_ticks_processed.inc();
+                self.counters.stats.ticks += 1;
                 self.advance_clock(partition, time_ms, out)?;
                 Disposition::Applied { event_ms: None }
             }
@@ -283,8 +281,9 @@ impl Engine {
 
     /// Counts and logs a record that cannot be used; the caller dead-letters it.
     fn malformed(&mut self, partition: u32, offset: i64, error: EventError) -> Disposition {
-        self.stats.malformed += 1;
-        self.metrics
+        self.counters.stats.malformed += 1;
+        self.counters
+            .metrics
             .records_malformed
             .with_label_values(&[error.kind()])
             .inc();
@@ -337,8 +336,8 @@ impl Engine {
         {
             // Restored from a changelog that ran ahead of the partition's position: this
             // user's profile already has the event.
-            self.metrics.records_skipped_replayed.inc();
-            self.stats.skipped_replayed += 1;
+            self.counters.metrics.records_skipped_replayed.inc();
+            self.counters.stats.skipped_replayed += 1;
             return Ok(Disposition::Skipped);
         }
         profile.applied_offset = Some(offset);
@@ -347,7 +346,8 @@ impl Engine {
         if let (Some(growth), Some(figures)) = (growth, figures) {
             let counted = growth.record(&mut profile.active_days, event.timestamp_ms, now, figures);
             if let Some(reason) = counted.uncounted_reason() {
-                self.metrics
+                self.counters
+                    .metrics
                     .growth_uncounted
                     .with_label_values(&[reason])
                     .inc();
@@ -382,19 +382,11 @@ impl Engine {
                 state.delete_profile(user);
             }
         }
-        report(
-            rules,
-            &self.metrics,
-            &mut self.transitions,
-            &mut self.stats,
-            state,
-            outcome,
-            out,
-        );
+        self.counters.report(rules, state, outcome, out);
         if let Some(series) = self.partition_series.get(&partition) {
             series.processed.inc();
         }
-        self.stats.events += 1;
+        self.counters.stats.events += 1;
         Ok(Disposition::Applied {
             event_ms: Some(event.timestamp_ms),
         })
@@ -435,7 +427,7 @@ impl Engine {
             if !timer.value.is_empty() {
                 let plan = Wake::decode(timer.due_ms, &timer.value)?;
                 if let Some(step) = plan.steps.first() {
-                    count_step(&mut self.transitions, state, step);
+                    self.counters.count_step(state, step);
                 }
                 state.move_timer(&timer.user_id, None, entry(plan.after_first_step()));
                 continue;
@@ -453,15 +445,7 @@ impl Engine {
             profile.wake_at_ms = next.full_ms;
             profile.timer_entry = Some(next.next_ms());
             state.move_timer(&timer.user_id, None, entry(next));
-            report(
-                rules,
-                &self.metrics,
-                &mut self.transitions,
-                &mut self.stats,
-                state,
-                outcome,
-                out,
-            );
+            self.counters.report(rules, state, outcome, out);
         }
         Ok(())
     }
@@ -516,7 +500,7 @@ impl Engine {
                 }
             }
         }
-        self.metrics.batches_committed.inc();
+        self.counters.metrics.batches_committed.inc();
         Ok(())
     }
 }
@@ -524,89 +508,6 @@ impl Engine {
 /// The timer entry that follows a plan: at its first step or full evaluation.
 fn entry(plan: Wake) -> Option<(i64, Vec<u8>)> {
     plan.next_ms().map(|at| (at, plan.encode()))
-}
-
-/// Counts a planned stage or segment change that came due.
-fn count_step(transitions: &mut StageTransitions, state: &mut PartitionState, step: &CountStep) {
-    if let Some(change) = step.stage_change() {
-        count_stage_change(transitions, state, change);
-    }
-    if let Some(change) = step.segment_change() {
-        state.count_segment_change(change.from.map(usize::from), change.to.map(usize::from));
-    }
-}
-
-fn count_stage_change(
-    transitions: &mut StageTransitions,
-    state: &mut PartitionState,
-    change: StageChange,
-) {
-    let (from, to) = (change.from.map(|s| s.index()), change.to.map(|s| s.index()));
-    state.count_stage_change(from, to);
-    transitions.inc(from, to);
-}
-
-/// Turns one evaluation's outcome into output, metrics and stage counts.
-fn report(
-    rules: &RuleBook,
-    metrics: &Metrics,
-    transitions: &mut StageTransitions,
-    stats: &mut EngineStats,
-    state: &mut PartitionState,
-    outcome: &mut Outcome,
-    out: &mut Emitted,
-) {
-    if let Some(change) = outcome.stage_change {
-        count_stage_change(transitions, state, change);
-    }
-    for count in outcome.experiments.drain(..) {
-        state.growth_mut().count_experiment(&count);
-    }
-    if let Some(change) = outcome.segment_change {
-        state.count_segment_change(change.from.map(usize::from), change.to.map(usize::from));
-    }
-    if let Some(back) = &outcome.reactivated {
-        metrics
-            .reactivations
-            .with_label_values(&[back.rule.as_str(), back.group.as_str()])
-            .inc();
-    }
-    for (rule, group) in &outcome.attributable {
-        metrics
-            .attributable
-            .with_label_values(&[rule.as_str(), group.as_str()])
-            .inc();
-    }
-    for decision in outcome.decisions.drain(..) {
-        let rule = decision.trigger.rule_id.as_str();
-        match decision.verdict {
-            Verdict::Sent => {
-                metrics.triggers_fired.with_label_values(&[rule]).inc();
-                stats.triggers += 1;
-                out.triggers.push(decision.trigger);
-            }
-            verdict => {
-                let reason = verdict.reason().map_or("none", |r| r.as_str());
-                metrics
-                    .suppressed
-                    .with_label_values(&[rule, verdict.decision(), reason])
-                    .inc();
-                stats.suppressed += 1;
-                let release_at_ms = match verdict {
-                    Verdict::Deferred { release_ms } => Some(release_ms),
-                    _ => None,
-                };
-                let group = rules.holdout_group(&decision.trigger.user_id).as_str();
-                out.audit.push(AuditRecord {
-                    trigger: decision.trigger,
-                    decision: verdict.decision().to_string(),
-                    reason: reason.to_string(),
-                    release_at_ms,
-                    group: group.to_string(),
-                });
-            }
-        }
-    }
 }
 
 /// Profiles rewritten per flush while planning every user anew.

@@ -14,6 +14,7 @@
 //! depends only on the records and their order, a replay of the same log gives the same
 //! triggers and audit records as the live run. [`Engine::commit`] writes every partition's batch atomically.
 
+mod counters;
 mod engine;
 mod error;
 mod output;
