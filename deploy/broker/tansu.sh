@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A local tansu broker on loopback, for the demo and the tests.
-#   tansu.sh install              build and install tansu once (about 8 minutes on 2 cores)
+#   tansu.sh install              build and install tansu once (about 10 minutes on 2 cores)
 #   tansu.sh start PORT DIR       start a broker with in-memory storage; pid and log in DIR
 #   tansu.sh stop DIR             stop the broker started in DIR
 set -euo pipefail
@@ -16,12 +16,12 @@ tansu_bin() {
 case "${1:-}" in
   install)
     if [ -n "$(tansu_bin)" ]; then exit 0; fi
-    echo "tansu: installing $TANSU_VERSION (once; about 8 minutes on 2 cores)" >&2
+    echo "tansu: installing $TANSU_VERSION (once; about 10 minutes on 2 cores)" >&2
     # In cargo's temporary target directory, not the project's: the project's cache then
     # holds only the project's own crates.
-    # At opt-level 1: on 2 cores it builds in 7.6 minutes instead of 13.5, and the tests and
-    # the raw consumer of the end-to-end benchmark run as fast against it (the broker is not
-    # what bounds them; docs/performance.md, "The test broker's build").
+    # At opt-level 1: about half the CPU time of the default opt-level 3 (on 2 cores 14
+    # against about 27 CPU minutes), and the tests and the raw consumer of the end-to-end
+    # benchmark run as fast against it (docs/performance.md, "Building it").
     env -u CARGO_TARGET_DIR CARGO_PROFILE_RELEASE_OPT_LEVEL=1 \
       cargo install --locked tansu --version "$TANSU_VERSION" \
       --no-default-features --features dynostore
