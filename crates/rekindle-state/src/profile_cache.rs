@@ -62,19 +62,6 @@ fn encode_into(profile: &UserProfile, out: &mut Vec<u8>) -> Result<usize, StateE
     })
 }
 
-/// What the store keeps of an encoded profile when the same write moves the partition's
-/// position to `next_offset`: without the applied offset when it lies below that position.
-/// The offset only tells a profile that is ahead of its partition's stored position (one
-/// restored from a changelog that ran ahead) which events to skip; a profile written with a
-/// position past all its events has none to skip. Read back, it has no offset, which means
-/// exactly that.
-fn stored_form(bytes: &[u8], body: usize, applied: Option<i64>, next: Option<i64>) -> &[u8] {
-    match (applied, next) {
-        (Some(applied), Some(next)) if applied < next => bytes.get(..body).unwrap_or(bytes),
-        _ => bytes,
-    }
-}
-
 /// The batch's changed profiles as a commit writes them, in user order: every id in one
 /// string and every stored form in one buffer. The flush, the changelog and the stored-form
 /// cache only read them, so one allocation each for the batch replaces an id and a buffer
@@ -105,9 +92,18 @@ pub(crate) struct EncodedRef<'a> {
 
 impl EncodedRef<'_> {
     /// What the store keeps when the same write moves the partition's position to
-    /// `next_offset` (see [`stored_form`]).
+    /// `next_offset`: without the applied offset when it lies below that position. The
+    /// offset only tells a profile that is ahead of its partition's stored position (one
+    /// restored from a changelog that ran ahead) which events to skip; a profile written
+    /// with a position past all its events has none to skip. Read back, it has no offset,
+    /// which means exactly that.
     pub(crate) fn stored(&self, next_offset: Option<i64>) -> &[u8] {
-        stored_form(self.bytes, self.body, self.applied_offset, next_offset)
+        match (self.applied_offset, next_offset) {
+            (Some(applied), Some(next)) if applied < next => {
+                self.bytes.get(..self.body).unwrap_or(self.bytes)
+            }
+            _ => self.bytes,
+        }
     }
 }
 
@@ -120,34 +116,28 @@ impl EncodedBatch {
         }
     }
 
-    fn push_id(&mut self, user_id: &str) -> std::ops::Range<usize> {
-        let start = self.ids.len();
-        self.ids.push_str(user_id);
-        start..self.ids.len()
-    }
-
     fn encode(&mut self, user_id: &str, profile: &UserProfile) -> Result<(), StateError> {
-        let id = self.push_id(user_id);
         let start = self.bytes.len();
         let body = encode_into(profile, &mut self.bytes)?;
-        self.entries.push(EncodedEntry {
-            id,
-            bytes: start..self.bytes.len(),
-            body,
-            applied_offset: profile.applied_offset,
-        });
+        self.push_entry(user_id, start, body, profile.applied_offset);
         Ok(())
     }
 
     fn copy(&mut self, user_id: &str, encoded: &EncodedProfile) {
-        let id = self.push_id(user_id);
         let start = self.bytes.len();
         self.bytes.extend_from_slice(&encoded.bytes);
+        self.push_entry(user_id, start, encoded.body, encoded.applied_offset);
+    }
+
+    /// Records the stored form appended to `bytes` from `start` as `user_id`'s.
+    fn push_entry(&mut self, user_id: &str, start: usize, body: usize, applied: Option<i64>) {
+        let id_start = self.ids.len();
+        self.ids.push_str(user_id);
         self.entries.push(EncodedEntry {
-            id,
+            id: id_start..self.ids.len(),
             bytes: start..self.bytes.len(),
-            body: encoded.body,
-            applied_offset: encoded.applied_offset,
+            body,
+            applied_offset: applied,
         });
     }
 
