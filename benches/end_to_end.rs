@@ -19,8 +19,7 @@
 //! Needs `tansu` (deploy/setup.sh installs it) and the release binary (`make bench` builds
 //! it). `REKINDLE_E2E_EVENTS` changes the number of events.
 
-#[path = "../tests/support/mod.rs"]
-mod support;
+use rekindle_suite::support;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -202,7 +201,7 @@ listen = "127.0.0.1:{port}"
                 (last, progressed) = (done, Instant::now());
             } else if progressed.elapsed() > STALL {
                 // tansu answers a fetch that starts inside a record batch with nothing of
-                // that batch (see `Batching` in tests/support/broker.rs): a partition that
+                // that batch (see `Batching` in src/support/broker.rs): a partition that
                 // moves between members mid-stream can resume there and never see the rest
                 // of the batch. Kafka returns the whole batch.
                 let _ = worker.stop();

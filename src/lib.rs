@@ -1,1 +1,4 @@
-//! Test and benchmark host; see tests/ and benches/.
+//! Test and benchmark host: the black-box tests in tests/, the benchmarks in benches/, and
+//! what they share, compiled once in this library rather than into every test binary.
+
+pub mod support;

@@ -2,7 +2,7 @@
 //! on the same state each time: no trigger may be lost, and a trigger delivered twice must
 //! carry the same trigger_id.
 
-mod support;
+use rekindle_suite::support;
 
 #[test]
 fn killed_and_restarted_worker_loses_no_trigger() {

@@ -5,7 +5,7 @@
 //! expected triggers on the delivery topic, each decodable with the schema file, count and
 //! skip every malformed record, and agree with `rekindle replay` on the same histories.
 
-mod support;
+use rekindle_suite::support;
 
 use std::collections::BTreeSet;
 use std::time::Duration;

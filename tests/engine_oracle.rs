@@ -1,8 +1,8 @@
-//! The engine against the brute-force oracle of tests/support, on random histories with clock
+//! The engine against the brute-force oracle of src/support, on random histories with clock
 //! ticks interleaved in time order: the triggers must be exactly the oracle's, whatever the
 //! batch (commit) boundaries.
 
-mod support;
+use rekindle_suite::support;
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -18,7 +18,7 @@
 //! and adds the rest: the changelog records of a transaction refused that way reached the
 //! log, and a restart restored state whose triggers were never delivered.
 
-mod support;
+use rekindle_suite::support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;

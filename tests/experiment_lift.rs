@@ -10,7 +10,7 @@
 //! significant, and call an arm with no effect (20 % against 20 %) not significant; with no
 //! effect anywhere, nothing is significant.
 
-mod support;
+use rekindle_suite::support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;

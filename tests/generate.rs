@@ -1,7 +1,7 @@
 //! `rekindle gen` writes the same history as JSON lines and as an Avro object container
 //! file that any Avro reader opens with the schema from the file's header.
 
-mod support;
+use rekindle_suite::support;
 
 use rekindle_events::ActivityEvent;
 use support::worker::run_rekindle;

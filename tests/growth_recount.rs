@@ -9,7 +9,7 @@
 //! arithmetic. The worker's own clock ticks are off: one tick per partition at a known time
 //! ends the history, so the live run and the replay judge segments at the same moment.
 
-mod support;
+use rekindle_suite::support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;

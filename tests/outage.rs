@@ -2,7 +2,7 @@
 //! tansu on a local S3 server): the worker reports not-ready, keeps its memory bounded,
 //! resumes on its own, and no trigger is lost.
 
-mod support;
+use rekindle_suite::support;
 
 use std::time::{Duration, Instant};
 

@@ -9,7 +9,7 @@
 //! The worker sends no ticks of its own: the histories lie in the past, and a tick at the
 //! wall clock ahead of them would judge them at that time instead of their own.
 
-mod support;
+use rekindle_suite::support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};

@@ -4,7 +4,7 @@
 //! topic and name the error; the worker never stops. Among them, records that carry the
 //! clock-tick header without a tick's 8-byte time: read as events, so dead-lettered too.
 
-mod support;
+use rekindle_suite::support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;

@@ -15,7 +15,7 @@
 //! other members still own and keep processing. Measured on tansu: six partitions with two
 //! owners for up to 22 s in one run, and now and then triggers missing or extra.
 
-mod support;
+use rekindle_suite::support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

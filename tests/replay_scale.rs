@@ -1,6 +1,6 @@
 //! `rekindle replay` on a large scripted history equals the brute-force oracle.
 
-mod support;
+use rekindle_suite::support;
 
 use std::collections::BTreeSet;
 

@@ -2,7 +2,7 @@
 //! come out of `rekindle replay`, and a live worker against a real broker produces exactly
 //! the same trigger and audit records from the same log.
 
-mod support;
+use rekindle_suite::support;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -3,7 +3,7 @@
 //! from a file, starts, tries its (unreachable) broker, serves /metrics and stops, and
 //! neither secret appears in anything it wrote.
 
-mod support;
+use rekindle_suite::support;
 
 use std::time::Duration;
 

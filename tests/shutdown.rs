@@ -2,7 +2,7 @@
 //! period (it cannot finish the batch in flight), and a restart must deliver every trigger,
 //! re-sent ones under the same ids.
 
-mod support;
+use rekindle_suite::support;
 
 use std::time::{Duration, Instant};
 

@@ -1,8 +1,6 @@
 //! Shared pieces of the black-box tests: a real tansu broker process, the rekindle binary,
 //! scripted user histories, and an oracle written independently of rekindle's rule code.
 
-#![allow(dead_code)]
-
 pub mod broker;
 pub mod crash;
 pub mod histories;
@@ -17,7 +15,7 @@ pub const DAY: i64 = 86_400_000;
 pub struct Rng(pub u64);
 
 impl Rng {
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -27,11 +25,11 @@ impl Rng {
 
     /// Uniform in [0, 1).
     pub fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
 
     pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
+        self.next_u64() % n
     }
 }
 

@@ -33,7 +33,7 @@ pub fn rekindle_binary() -> PathBuf {
 /// The dead-letter topic of every test configuration.
 pub const DEAD_LETTERS: &str = "dead-letters";
 
-/// The oracle of tests/support/histories.rs specifies lapsed_7d alone, with no delivery
+/// The oracle of src/support/histories.rs specifies lapsed_7d alone, with no delivery
 /// policy in the way: every episode fires.
 pub const LAPSED_ONLY: &str = r#"
 [rules.lapsed_7d]
