@@ -7,7 +7,7 @@
 #   setup.sh python    the Python packages alone (the Helm chart check, the outage test's S3)
 #   setup.sh broker    tansu alone
 # Each part is idempotent: what is present is left alone. The parts are separate so that CI
-# can install the broker and the Python packages while the project builds.
+# can download the Python packages while the project builds.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 part=${1:-all}
