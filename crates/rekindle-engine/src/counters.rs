@@ -3,7 +3,7 @@
 //! from wherever the evaluation happened (an event or a timer that fired).
 
 use rekindle_events::AuditRecord;
-use rekindle_rules::{CountStep, Outcome, RuleBook, StageChange, Verdict};
+use rekindle_rules::{CountStep, Outcome, RuleBook, SegmentChange, StageChange, Verdict};
 use rekindle_state::PartitionState;
 use rekindle_telemetry::{Metrics, StageTransitions};
 
@@ -32,7 +32,7 @@ impl Counters {
             self.count_stage_change(state, change);
         }
         if let Some(change) = step.segment_change() {
-            state.count_segment_change(change.from.map(usize::from), change.to.map(usize::from));
+            count_segment_change(state, change);
         }
     }
 
@@ -57,7 +57,7 @@ impl Counters {
             state.growth_mut().count_experiment(&count);
         }
         if let Some(change) = outcome.segment_change {
-            state.count_segment_change(change.from.map(usize::from), change.to.map(usize::from));
+            count_segment_change(state, change);
         }
         if let Some(back) = &outcome.reactivated {
             self.metrics
@@ -102,4 +102,9 @@ impl Counters {
             }
         }
     }
+}
+
+/// Segments have no transition counter: the partition's counts are all a change moves.
+fn count_segment_change(state: &mut PartitionState, change: SegmentChange) {
+    state.count_segment_change(change.from.map(usize::from), change.to.map(usize::from));
 }
